@@ -1,0 +1,129 @@
+"""Options shared by every command, defined once, and the way a command reports its result.
+
+Every option reads an environment variable ``TAXI_JOB_<OPTION>`` (a flag wins over the
+environment, the environment over the default), so a CronJob sets them from a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from job import logs
+from job.errors import EXIT_UNEXPECTED, TaxiJobError
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENV_PREFIX = "TAXI_JOB_"
+
+
+def env(name: str) -> str:
+    """The environment variable of an option: ``artifacts`` -> ``TAXI_JOB_ARTIFACTS``."""
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def common_options(func: F) -> F:
+    """Logging, output format and termination-log options, for every command."""
+    decorators = [
+        click.option(
+            "-v", "--verbose", "verbose", count=True, envvar=env("verbose"),
+            help="More log output (repeat for more).",
+        ),
+        click.option(
+            "-q", "--quiet", "quiet", count=True, envvar=env("quiet"),
+            help="Less log output.",
+        ),
+        click.option(
+            "--log-format", type=click.Choice(["text", "json"]), default="text",
+            envvar=env("log_format"), show_default=True, show_envvar=True,
+            help="Log lines on stderr as text or as JSON objects.",
+        ),
+        click.option(
+            "--output-format", type=click.Choice(["text", "json"]), default="text",
+            envvar=env("output_format"), show_default=True, show_envvar=True,
+            help="The summary on stdout: text, or one JSON object on the last line.",
+        ),
+        click.option(
+            "--termination-log", type=click.Path(dir_okay=False, path_type=Path),
+            default=None, envvar=env("termination_log"), show_envvar=True,
+            help="Also write the JSON summary here (a pod's terminationMessagePath).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def render_text(summary: Mapping[str, Any]) -> str:
+    """A summary as aligned ``key: value`` lines."""
+    width = max((len(k) for k in summary), default=0)
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list | tuple):
+            value = ", ".join(str(v) for v in value) if value else "-"
+        lines.append(f"{key.ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def write_termination_log(path: Path, text: str) -> None:
+    """Best effort: the kubelet reads at most 4096 bytes; a failure here must not fail the run."""
+    try:
+        path.write_text(text[:4096], encoding="utf-8")
+    except OSError as exc:
+        logger.warning("could not write the termination log %s: %s", path, exc)
+
+
+def reporting(func: Callable[..., Mapping[str, Any]]) -> Callable[..., None]:
+    """Wrap a command body that returns its summary: configure logging, print the summary,
+    and turn the project's exceptions into one clear line on stderr and their exit code."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        verbose: int,
+        quiet: int,
+        log_format: str,
+        output_format: str,
+        termination_log: Path | None,
+        **kwargs: Any,
+    ) -> None:
+        logs.configure(verbose - quiet, log_format)
+        try:
+            summary = func(*args, **kwargs)
+        except TaxiJobError as exc:
+            fail(exc.exit_code, str(exc), termination_log, verbose > 0)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback only with -v
+            fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
+        as_json = json.dumps(summary, default=str, sort_keys=False)
+        if output_format == "json":
+            click.echo(as_json)
+        else:
+            click.echo(render_text(summary))
+        if termination_log is not None:
+            write_termination_log(termination_log, as_json)
+
+    return wrapper
+
+
+def fail(code: int, message: str, termination_log: Path | None, traceback: bool) -> None:
+    """Exit with ``code`` after one line on stderr (and in the termination log)."""
+    if traceback:
+        logger.debug("details", exc_info=True)
+    if termination_log is not None:
+        write_termination_log(
+            termination_log, json.dumps({"error": message, "exit_code": code})
+        )
+    click.echo(f"taxi-job: error: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,42 @@
+"""The project's exceptions and the exit codes they map to.
+
+The manifests rely on these numbers: a CronJob's ``podFailurePolicy`` fails the Job at
+once on ``EXIT_BAD_INPUT`` and ``EXIT_NO_MODEL`` (retrying cannot help) and lets the
+Job's ``backoffLimit`` retry ``EXIT_TRANSIENT`` and anything unexpected.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+#: An unexpected error (a bug): retried by the Job, reported with a traceback at -v.
+EXIT_UNEXPECTED = 1
+#: Bad input or usage: a missing, unreadable or malformed file, a bad option (click's own).
+EXIT_BAD_INPUT = 2
+#: No usable model: none trained yet, or an artifact whose checksum does not match.
+EXIT_NO_MODEL = 3
+#: A failure that may pass: I/O or network after retries, another training holds the lock.
+EXIT_TRANSIENT = 75
+
+
+class TaxiJobError(Exception):
+    """An expected failure: one clear line for the user and a documented exit code."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class BadInputError(TaxiJobError):
+    """An input file is missing, not parquet, truncated, or has the wrong columns or rows."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ModelUnavailableError(TaxiJobError):
+    """There is no current model, or its artifacts fail verification."""
+
+    exit_code = EXIT_NO_MODEL
+
+
+class TransientError(TaxiJobError):
+    """I/O or network trouble that survived our retries, or a busy lock: worth retrying later."""
+
+    exit_code = EXIT_TRANSIENT
