@@ -34,26 +34,45 @@ def common_options(func: F) -> F:
     """Logging, output format and termination-log options, for every command."""
     decorators = [
         click.option(
-            "-v", "--verbose", "verbose", count=True, envvar=env("verbose"),
+            "-v",
+            "--verbose",
+            "verbose",
+            count=True,
+            envvar=env("verbose"),
             help="More log output (repeat for more).",
         ),
         click.option(
-            "-q", "--quiet", "quiet", count=True, envvar=env("quiet"),
+            "-q",
+            "--quiet",
+            "quiet",
+            count=True,
+            envvar=env("quiet"),
             help="Less log output.",
         ),
         click.option(
-            "--log-format", type=click.Choice(["text", "json"]), default="text",
-            envvar=env("log_format"), show_default=True, show_envvar=True,
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            envvar=env("log_format"),
+            show_default=True,
+            show_envvar=True,
             help="Log lines on stderr as text or as JSON objects.",
         ),
         click.option(
-            "--output-format", type=click.Choice(["text", "json"]), default="text",
-            envvar=env("output_format"), show_default=True, show_envvar=True,
+            "--output-format",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            envvar=env("output_format"),
+            show_default=True,
+            show_envvar=True,
             help="The summary on stdout: text, or one JSON object on the last line.",
         ),
         click.option(
-            "--termination-log", type=click.Path(dir_okay=False, path_type=Path),
-            default=None, envvar=env("termination_log"), show_envvar=True,
+            "--termination-log",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            envvar=env("termination_log"),
+            show_envvar=True,
             help="Also write the JSON summary here (a pod's terminationMessagePath).",
         ),
     ]
@@ -122,8 +141,6 @@ def fail(code: int, message: str, termination_log: Path | None, traceback: bool)
     if traceback:
         logger.debug("details", exc_info=True)
     if termination_log is not None:
-        write_termination_log(
-            termination_log, json.dumps({"error": message, "exit_code": code})
-        )
+        write_termination_log(termination_log, json.dumps({"error": message, "exit_code": code}))
     click.echo(f"taxi-job: error: {message}", err=True)
     sys.exit(code)

@@ -1,0 +1,253 @@
+"""The two batch jobs: train a model and publish it; predict new trip files with the current one.
+
+Data flows one way: ``reading`` streams columns, ``model`` turns them into a fit and
+predictions, ``artifacts`` stores the result. Nothing is published before every input
+has been read and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from job import __version__, artifacts, reading
+from job.errors import BadInputError
+from job.model import PairAccumulator, PairStats, fit, rmse
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+META_VERSION = b"taxi_job.model_version"
+META_INPUT = b"taxi_job.input"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``taxi-job train`` needs."""
+
+    train_data: str
+    """Training trips: a parquet file, a directory of them, or a glob (local or URL)."""
+    eval_data: str
+    """Evaluation trips (the next month), in the same forms."""
+    artifacts: Path
+    """The artifacts folder (the shared volume)."""
+    min_duration: float = 1.0
+    """Shortest trip kept, minutes (inclusive)."""
+    max_duration: float = 60.0
+    """Longest trip kept, minutes (inclusive)."""
+    lock_timeout: float = 0.0
+    """Seconds to wait for another training's lock before failing."""
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """What ``taxi-job infer`` needs."""
+
+    input: str
+    """Trips to predict: a parquet file, a directory of them, or a glob."""
+    artifacts: Path
+    """The artifacts folder holding the current model."""
+    predictions: Path | None = None
+    """Where predictions go; ``<artifacts>/predictions`` by default."""
+    force: bool = False
+    """Predict inputs again even when the current model has predicted them already."""
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Pair statistics of the kept rows of some sources, and what was read."""
+
+    stats: PairStats
+    rows_read: int
+    rows_kept: int
+    fingerprints: list[dict[str, Any]]
+
+
+def durations_minutes(batch: reading.Batch) -> np.ndarray:
+    """Trip durations in minutes; NaN where a timestamp is null."""
+    assert batch.dropoff_us is not None
+    nat = np.iinfo(np.int64).min
+    valid = (batch.pickup_us != nat) & (batch.dropoff_us != nat)
+    minutes = np.full(batch.pickup_us.shape, np.nan)
+    minutes[valid] = (batch.dropoff_us[valid] - batch.pickup_us[valid]) / 60e6
+    return minutes
+
+
+def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
+    """Stream every file of a source into pair statistics of the trips lasting from ``low``
+    to ``high`` minutes; raise ``BadInputError`` when no trip is left."""
+    accumulator = PairAccumulator()
+    rows_read = rows_kept = 0
+    fingerprints = []
+    for source in reading.resolve(uri):
+        parquet = reading.open_parquet(source)
+        fingerprints.append(reading.fingerprint(source, parquet))
+        for batch in reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet):
+            y = durations_minutes(batch)
+            keep = (y >= low) & (y <= high)  # the seed's between(): both ends inclusive
+            accumulator.add(batch.pu[keep], batch.do[keep], y[keep])
+            rows_read += y.size
+            rows_kept += int(keep.sum())
+        logger.info("read %s", source.uri, extra={"role": role, "rows_read": rows_read})
+    if rows_kept == 0:
+        raise BadInputError(
+            f"{uri}: no {role} trip lasts between {low:g} and {high:g} minutes "
+            f"({rows_read} rows read)"
+        )
+    return Aggregate(accumulator.result(), rows_read, rows_kept, fingerprints)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Fit on the training data, evaluate on the evaluation data, publish; return the summary."""
+    if not config.min_duration < config.max_duration:
+        raise BadInputError(
+            f"--min-duration {config.min_duration:g} must be below "
+            f"--max-duration {config.max_duration:g}"
+        )
+    started = time.perf_counter()
+    low, high = config.min_duration, config.max_duration
+    training = aggregate(config.train_data, low, high, "training")
+    model = fit(training.stats)
+    evaluation = aggregate(config.eval_data, low, high, "evaluation")
+    metrics = {
+        "rmse_train": rmse(model, training.stats),
+        "rmse_eval": rmse(model, evaluation.stats),
+        "rows_read": training.rows_read,
+        "rows_kept": training.rows_kept,
+        "eval_rows_read": evaluation.rows_read,
+        "eval_rows_kept": evaluation.rows_kept,
+        "features": model.features,
+    }
+    metadata = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "package_version": __version__,
+        "python": platform.python_version(),
+        "min_duration": low,
+        "max_duration": high,
+        "metrics": metrics,
+        "inputs": {"train": training.fingerprints, "eval": evaluation.fingerprints},
+    }
+    with artifacts.training_lock(config.artifacts, config.lock_timeout):
+        version = artifacts.publish(config.artifacts, model, metadata)
+    return {
+        "model_version": version,
+        **metrics,
+        "artifacts": str(config.artifacts),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:
+    try:
+        meta = pq.read_schema(output).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return (
+        meta.get(META_VERSION) == version.encode()
+        and meta.get(META_INPUT) == json.dumps(fingerprint, sort_keys=True).encode()
+    )
+
+
+def _predict_file(
+    source: reading.Source,
+    parquet: pq.ParquetFile,
+    artifact: artifacts.Artifact,
+    fingerprint: dict[str, Any],
+    tmp: Path,
+) -> int:
+    """Write the predictions of one input to ``tmp``; return the number of rows."""
+    schema = pa.schema(
+        [
+            ("row", pa.int64()),
+            (reading.PICKUP, parquet.schema_arrow.field(reading.PICKUP).type),
+            (reading.PU, parquet.schema_arrow.field(reading.PU).type),
+            (reading.DO, parquet.schema_arrow.field(reading.DO).type),
+            ("predicted_duration", pa.float64()),
+            ("model_version", pa.dictionary(pa.int32(), pa.string())),
+        ],
+        metadata={
+            META_VERSION: artifact.version.encode(),
+            META_INPUT: json.dumps(fingerprint, sort_keys=True).encode(),
+        },
+    )
+    rows = 0
+    versions = pa.array([artifact.version], pa.string())
+    with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+        for batch in reading.iter_batches(source, reading.INFER_COLUMNS, parquet):
+            n = batch.pu.size
+            predicted = artifact.model.predict(batch.pu, batch.do)
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(np.arange(rows, rows + n, dtype=np.int64)),
+                    batch.table.column(reading.PICKUP),
+                    batch.table.column(reading.PU),
+                    batch.table.column(reading.DO),
+                    pa.array(predicted),
+                    pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), versions),
+                ],
+                schema=schema,
+            )
+            writer.write_table(table, row_group_size=max(n, 1))
+            rows += n
+    return rows
+
+
+def infer(config: InferConfig) -> dict[str, Any]:
+    """Predict every input the current model has not predicted yet; publish all or nothing."""
+    started = time.perf_counter()
+    artifact = artifacts.load(config.artifacts)  # resolves CURRENT once for the whole run
+    out_dir = config.predictions or config.artifacts / PREDICTIONS
+    sources = reading.resolve(config.input, allow_empty=True)
+    names = [s.name for s in sources]
+    clash = {n for n in names if names.count(n) > 1}
+    if clash:
+        raise BadInputError(
+            f"{config.input}: several inputs named {sorted(clash)[0]}; "
+            "predictions are named after their input"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: list[tuple[Path, Path]] = []
+    skipped: list[str] = []
+    rows = 0
+    try:
+        for source in sources:
+            output = out_dir / source.name
+            parquet = reading.open_parquet(source)
+            fingerprint = reading.fingerprint(source, parquet)
+            if not config.force and _predicted_already(output, artifact.version, fingerprint):
+                skipped.append(source.uri)
+                continue
+            tmp = out_dir / f"{artifacts.TMP_PREFIX}{source.name}.{os.getpid()}"
+            done.append((tmp, output))
+            rows += _predict_file(source, parquet, artifact, fingerprint, tmp)
+            logger.info("predicted %s", source.uri, extra={"rows": rows})
+    except BaseException:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, output in done:  # every input read fine: now make them visible
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, output)
+    if done:
+        artifacts.fsync_dir(out_dir)
+    if not sources:
+        logger.warning("%s: no input file; nothing to predict", config.input)
+    return {
+        "model_version": artifact.version,
+        "inputs_predicted": len(done),
+        "inputs_skipped": len(skipped),
+        "rows_predicted": rows,
+        "outputs": [str(output) for _, output in done],
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,259 @@
+"""Reading trip files: resolve a source to parquet files, check them, stream their columns.
+
+A source is a parquet file, a directory of them, or a glob; a local path or a URL that
+pyarrow's filesystems open (``s3://``, ``gs://``, ``hdfs://``, and ``https://`` through
+fsspec). Only the needed columns are read, one row group at a time with ``pre_buffer``
+off, so memory depends on the size of a row group, not of the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from job.errors import BadInputError, TransientError
+
+logger = logging.getLogger(__name__)
+
+PICKUP = "tpep_pickup_datetime"
+DROPOFF = "tpep_dropoff_datetime"
+PU = "PULocationID"
+DO = "DOLocationID"
+ZONES = (PU, DO)
+#: Columns a training or evaluation file must have; inference needs no drop-off time.
+TRAIN_COLUMNS = (PICKUP, DROPOFF, PU, DO)
+INFER_COLUMNS = (PICKUP, PU, DO)
+
+#: Attempts and first delay for opening a file when the failure may pass (network, I/O).
+RETRIES = 3
+RETRY_DELAY_S = 0.5
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One parquet file: how to name it to a user, and where pyarrow finds it."""
+
+    uri: str
+    path: str
+    filesystem: pafs.FileSystem
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The columns of one row group as numpy arrays; zones have nulls as -1."""
+
+    pickup_us: np.ndarray  # int64 microseconds since the epoch (NaT as the minimum int64)
+    dropoff_us: np.ndarray | None
+    pu: np.ndarray  # int64
+    do: np.ndarray  # int64
+    table: pa.Table  # the arrow columns as read, for writing them back unchanged
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if uri.startswith(("http://", "https://")):
+        try:
+            import fsspec
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise BadInputError(
+                f"{uri}: reading https:// needs fsspec and aiohttp (pip install 'taxi-job[http]')"
+            ) from exc
+        return PyFileSystem(FSSpecHandler(fsspec.filesystem("http"))), uri
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)  # type: ignore[no-any-return]
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BadInputError(f"{uri}: cannot open this location: {exc}") from exc
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def _display(uri: str, fs_path: str) -> str:
+    """How to name a file to a user: with the source's scheme, as they wrote it."""
+    if "://" in uri and "://" not in fs_path:
+        return uri.split("://", 1)[0] + "://" + fs_path
+    return fs_path
+
+
+def resolve(uri: str, *, allow_empty: bool = False) -> list[Source]:
+    """The parquet files a source names, sorted; raise ``BadInputError`` when there are none.
+
+    A directory contributes its ``*.parquet`` files, leaving out hidden and temporary
+    ones (a file being copied in should be written under a hidden name and renamed).
+    With ``allow_empty`` an existing empty directory or a glob that matches nothing is
+    no error (an inference run with nothing new to do).
+    """
+    fs, path = _filesystem(uri)
+    if any(ch in path for ch in "*?["):
+        parent, pattern = posixpath.split(path)
+        if any(ch in parent for ch in "*?["):
+            raise BadInputError(f"{uri}: only the last part of a path may be a glob")
+        selector = pafs.FileSelector(parent, allow_not_found=True)
+        infos = _retrying(lambda: fs.get_file_info(selector), uri)
+        files = [i for i in infos if i.is_file and fnmatch.fnmatch(i.base_name, pattern)]
+        files = [i for i in files if not i.base_name.startswith(".")]
+        if not files and not allow_empty:
+            raise BadInputError(f"{uri}: no file matches this pattern")
+        return [
+            Source(_display(uri, i.path), i.path, fs) for i in sorted(files, key=lambda i: i.path)
+        ]
+    info = _retrying(lambda: fs.get_file_info(path), uri)
+    if info.type == pafs.FileType.NotFound:
+        raise BadInputError(f"{uri}: no such file or directory")
+    if info.type == pafs.FileType.Directory:
+        infos = _retrying(lambda: fs.get_file_info(pafs.FileSelector(path)), uri)
+        files = sorted(
+            (
+                i
+                for i in infos
+                if i.is_file
+                and i.base_name.endswith(".parquet")
+                and not i.base_name.startswith(".")
+            ),
+            key=lambda i: i.path,
+        )
+        if not files and not allow_empty:
+            raise BadInputError(f"{uri}: the directory holds no .parquet file")
+        return [Source(_display(uri, i.path), i.path, fs) for i in files]
+    return [Source(uri, path, fs)]
+
+
+def _retrying(call: Callable[[], T], uri: str) -> T:
+    """Run ``call``; retry I/O failures that may pass, with exponential backoff."""
+    delay = RETRY_DELAY_S
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return call()
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            raise
+        except (pa.ArrowInvalid, ValueError):
+            raise
+        except OSError as exc:
+            if attempt == RETRIES:
+                raise TransientError(f"{uri}: I/O failed {RETRIES} times: {exc}") from exc
+            logger.warning("%s: %s; retrying in %.1fs (%d/%d)", uri, exc, delay, attempt, RETRIES)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def open_parquet(source: Source) -> pq.ParquetFile:
+    """Open a parquet file for streaming, mapping failures to one clear error."""
+
+    def _open() -> pq.ParquetFile:
+        handle = source.filesystem.open_input_file(source.path)
+        return pq.ParquetFile(handle, pre_buffer=False)
+
+    try:
+        return _retrying(_open, source.uri)
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{source.uri}: no such file") from exc
+    except PermissionError as exc:
+        raise BadInputError(f"{source.uri}: permission denied") from exc
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise BadInputError(f"{source.uri}: not a file") from exc
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise BadInputError(f"{source.uri}: not a parquet file or truncated ({exc})") from exc
+
+
+def fingerprint(source: Source, parquet: pq.ParquetFile | None = None) -> dict[str, Any]:
+    """Size, modification time and a hash of the parquet footer: enough to tell inputs apart
+    without hashing gigabytes (the footer holds every row group's statistics and offsets)."""
+    info = _retrying(lambda: source.filesystem.get_file_info(source.path), source.uri)
+    parquet = parquet or open_parquet(source)
+    footer = parquet.metadata.to_dict()
+    digest = hashlib.sha256(repr(sorted(footer.items())).encode()).hexdigest()
+    mtime = info.mtime_ns if info.mtime is not None else None
+    return {"uri": source.uri, "size": info.size, "mtime_ns": mtime, "footer_sha256": digest}
+
+
+def check_schema(source: Source, schema: pa.Schema, columns: tuple[str, ...]) -> None:
+    """Raise ``BadInputError`` naming the file when a column is missing or of the wrong type."""
+    missing = [c for c in columns if schema.get_field_index(c) < 0]
+    if missing:
+        raise BadInputError(f"{source.uri}: missing required column(s) {', '.join(missing)}")
+    for column in columns:
+        kind = schema.field(column).type
+        if column in ZONES:
+            ok = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+            expected = "an integer"
+        else:
+            ok = pa.types.is_timestamp(kind)
+            expected = "a timestamp"
+        if not ok:
+            raise BadInputError(
+                f"{source.uri}: column {column} has type {kind}, expected {expected}"
+            )
+
+
+def _timestamps_us(column: pa.ChunkedArray) -> np.ndarray:
+    """Microseconds since the epoch as int64, whatever the file's unit; null as NaT."""
+    if column.type.unit != "us":
+        column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
+    return column.cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()  # type: ignore[no-any-return]
+
+
+def _zones(source: Source, name: str, column: pa.ChunkedArray) -> np.ndarray:
+    """A zone column as int64 with null as -1 (the seed's ``fillna(-1).astype(int)``)."""
+    if pa.types.is_floating(column.type):
+        values = column.fill_null(-1).to_numpy()
+        if not np.all(np.isfinite(values)) or np.any(values != np.floor(values)):
+            raise BadInputError(
+                f"{source.uri}: column {name} holds values that are not whole numbers"
+            )
+        return values.astype(np.int64)  # type: ignore[no-any-return]
+    return column.fill_null(-1).cast(pa.int64()).to_numpy()  # type: ignore[no-any-return]
+
+
+def iter_batches(
+    source: Source, columns: tuple[str, ...], parquet: pq.ParquetFile | None = None
+) -> Iterator[Batch]:
+    """Stream a checked file row group by row group; raise ``BadInputError`` for a file with
+    no rows or one that turns out corrupt part-way."""
+    parquet = parquet or open_parquet(source)
+    check_schema(source, parquet.schema_arrow, columns)
+    if parquet.metadata.num_rows == 0:
+        raise BadInputError(f"{source.uri}: the file has no rows")
+    for index in range(parquet.num_row_groups):
+        try:
+            table = parquet.read_row_group(index, columns=list(columns), use_threads=True)
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise BadInputError(
+                f"{source.uri}: corrupt or truncated (row group {index}: {exc})"
+            ) from exc
+        except OSError as exc:
+            if source.is_local:
+                raise BadInputError(
+                    f"{source.uri}: corrupt or truncated (row group {index}: {exc})"
+                ) from exc
+            raise TransientError(f"{source.uri}: reading failed: {exc}") from exc
+        if table.num_rows == 0:
+            continue
+        yield Batch(
+            pickup_us=_timestamps_us(table.column(PICKUP)),
+            dropoff_us=_timestamps_us(table.column(DROPOFF)) if DROPOFF in columns else None,
+            pu=_zones(source, PU, table.column(PU)),
+            do=_zones(source, DO, table.column(DO)),
+            table=table,
+        )
