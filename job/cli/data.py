@@ -1,17 +1,95 @@
-"""Placeholder: being written."""
+"""``sample-data`` and ``fetch``: trip data for people with none, and the real months."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
+from job import fetch as fetching
+from job import sample
+from job.cli.options import common_options, env, reporting
 
-@click.command("fetch")
-def fetch() -> None:
-    """Not written yet."""
-    raise NotImplementedError
+
+def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Accept only a real month written ``YYYY-MM``."""
+    try:
+        sample.parse_month(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+month_option = click.option(
+    "--month", metavar="YYYY-MM", required=True, callback=check_month,
+    envvar=env("month"), show_envvar=True,
+    help="The month of trips, e.g. 2021-01.",
+)
 
 
 @click.command("sample-data")
-def sample_data() -> None:
-    """Not written yet."""
-    raise NotImplementedError
+@month_option
+@click.option(
+    "--rows", type=click.IntRange(min=0), default=100_000, show_default=True,
+    envvar=env("rows"), show_envvar=True, help="How many trips to write.",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, show_default="from the month",
+    envvar=env("seed"), show_envvar=True,
+    help="Random seed; the same seed and month give the same file.",
+)
+@click.argument(
+    "out", type=click.Path(file_okay=False, path_type=Path), envvar=env("out"),
+)
+@common_options
+@reporting
+def sample_data(month: str, rows: int, seed: int | None, out: Path) -> dict[str, Any]:
+    """Write synthetic trips of a month to OUT/yellow_tripdata_<month>.parquet (TLC 2021 schema).
+
+    OUT (env TAXI_JOB_OUT) is a directory, created if missing.
+    """
+    result = sample.write_sample(month, rows, out, seed)
+    return {"path": str(result.path), "rows": result.rows, "month": result.month,
+            "seed": result.seed}
+
+
+@click.command("fetch")
+@month_option
+@click.option(
+    "--base-url", default=fetching.DEFAULT_BASE_URL, show_default=True,
+    envvar=env("base_url"), show_envvar=True,
+    help="Where the monthly files are: {base-url}/yellow_tripdata_<month>.parquet.",
+)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=5, show_default=True,
+    envvar=env("retries"), show_envvar=True,
+    help="Attempts after the first on connection errors, 429 and 5xx.",
+)
+@click.option(
+    "--backoff", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+    envvar=env("backoff"), show_envvar=True,
+    help="Seconds before the first retry; doubled for each next one.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.0, min_open=True), default=60.0,
+    show_default=True, envvar=env("timeout"), show_envvar=True,
+    help="Seconds without data before an attempt gives up.",
+)
+@click.argument(
+    "directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
+    envvar=env("dir"),
+)
+@common_options
+@reporting
+def fetch(
+    month: str, base_url: str, retries: int, backoff: float, timeout: float, directory: Path
+) -> dict[str, Any]:
+    """Download a month of the TLC's yellow-taxi trips into DIR, whole or not at all.
+
+    DIR (env TAXI_JOB_DIR) is created if missing. A file already there with the server's
+    size is kept.
+    """
+    result = fetching.fetch_month(month, directory, base_url, retries, backoff, timeout)
+    return {"path": str(result.path), "bytes": result.bytes, "url": result.url,
+            "skipped": result.skipped}
