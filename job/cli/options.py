@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
@@ -102,10 +102,27 @@ def write_termination_log(path: Path, text: str) -> None:
         logger.warning("could not write the termination log %s: %s", path, exc)
 
 
-def reporting(func: Callable[..., Mapping[str, Any]]) -> Callable[..., None]:
-    """Wrap a command body that returns its summary: configure logging, print the summary,
-    and turn the project's exceptions into one clear line on stderr and their exit code."""
+Body = Callable[..., Mapping[str, Any]]
+TextRenderer = Callable[[Mapping[str, Any]], str]
 
+
+@overload
+def reporting(func: Body, /) -> Callable[..., None]: ...
+@overload
+def reporting(*, text: TextRenderer) -> Callable[[Body], Callable[..., None]]: ...
+def reporting(
+    func: Body | None = None, /, *, text: TextRenderer = render_text
+) -> Callable[..., None] | Callable[[Body], Callable[..., None]]:
+    """Wrap a command body that returns its summary: configure logging, print the summary,
+    and turn the project's exceptions into one clear line on stderr and their exit code.
+
+    ``@reporting(text=...)`` renders the text summary its own way (a table, say)."""
+    if func is None:
+        return functools.partial(_reporting, text=text)
+    return _reporting(func, text=text)
+
+
+def _reporting(func: Body, text: TextRenderer) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(
         *args: Any,
@@ -129,7 +146,7 @@ def reporting(func: Callable[..., Mapping[str, Any]]) -> Callable[..., None]:
         if output_format == "json":
             click.echo(as_json)
         else:
-            click.echo(render_text(summary))
+            click.echo(text(summary))
         if termination_log is not None:
             write_termination_log(termination_log, as_json)
 
