@@ -217,8 +217,15 @@ def to_sklearn(model: Model) -> tuple[Any, Any]:
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LinearRegression
 
-    named = {f"PULocationID={z}": w for z, w in zip(model.pu_ids.tolist(), model.pu_weights, strict=True)}
-    named.update({f"DOLocationID={z}": w for z, w in zip(model.do_ids.tolist(), model.do_weights, strict=True)})
+    named = {
+        f"PULocationID={z}": w for z, w in zip(model.pu_ids.tolist(), model.pu_weights, strict=True)
+    }
+    named.update(
+        {
+            f"DOLocationID={z}": w
+            for z, w in zip(model.do_ids.tolist(), model.do_weights, strict=True)
+        }
+    )
     names = sorted(named)  # DictVectorizer's order
     vectorizer = DictVectorizer()
     vectorizer.feature_names_ = names

@@ -166,6 +166,7 @@ def _predict_file(
     tmp: Path,
 ) -> int:
     """Write the predictions of one input to ``tmp``; return the number of rows."""
+    reading.check_schema(source, parquet.schema_arrow, reading.INFER_COLUMNS)
     schema = pa.schema(
         [
             ("row", pa.int64()),
