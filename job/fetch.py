@@ -104,7 +104,11 @@ def fetch_month(
                 delay = min(max(delay, exc.retry_after), _MAX_DELAY)
             logger.warning(
                 "attempt %d of %d for %s failed (%s); retrying in %.1fs",
-                attempt + 1, retries + 1, url, exc, delay,
+                attempt + 1,
+                retries + 1,
+                url,
+                exc,
+                delay,
             )
             sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -133,9 +137,7 @@ def _attempt(url: str, dest: Path, timeout: float) -> FetchResult:
         if expected is not None and _is_complete(dest, expected):
             logger.info("%s is already here with the server's size; not downloading", dest)
             return FetchResult(path=dest, bytes=expected, url=url, skipped=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{dest.name}.", suffix=".part", dir=dest.parent
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -183,4 +185,3 @@ def _has_magic(path: Path) -> bool:
             return False
         handle.seek(-4, os.SEEK_END)
         return head == MAGIC and handle.read(4) == MAGIC
-

@@ -79,29 +79,162 @@ _US_PER_S = 1_000_000
 
 # Manhattan zones and how far north of the Battery they lie, in miles.
 _MANHATTAN_Y = {
-    12: 0.0, 13: 0.4, 88: 0.3, 87: 0.7, 261: 0.8, 209: 0.9, 231: 1.3, 45: 1.4, 232: 1.5,
-    144: 1.8, 211: 1.9, 148: 1.8, 125: 2.0, 114: 2.3, 4: 2.4, 79: 2.6, 113: 2.6, 249: 2.5,
-    158: 2.8, 224: 2.9, 234: 3.0, 90: 3.3, 68: 3.4, 107: 3.3, 246: 3.5, 137: 3.8, 170: 4.0,
-    164: 3.8, 186: 3.9, 100: 4.2, 233: 4.4, 162: 4.7, 161: 4.8, 230: 4.6, 48: 4.9, 50: 5.0,
-    163: 5.1, 229: 5.0, 140: 5.6, 141: 5.7, 237: 5.8, 142: 5.4, 143: 5.6, 43: 6.5, 239: 6.2,
-    236: 6.6, 263: 6.6, 262: 6.9, 238: 7.0, 24: 7.6, 151: 7.3, 75: 7.7, 166: 8.1, 41: 8.4,
-    74: 8.5, 42: 8.9, 152: 8.7, 116: 9.4, 244: 10.2, 243: 11.2, 120: 10.6, 127: 12.2,
-    128: 12.6, 153: 12.8, 194: 8.9, 202: 5.6, 103: -0.8, 104: -0.6, 105: -0.9,
+    12: 0.0,
+    13: 0.4,
+    88: 0.3,
+    87: 0.7,
+    261: 0.8,
+    209: 0.9,
+    231: 1.3,
+    45: 1.4,
+    232: 1.5,
+    144: 1.8,
+    211: 1.9,
+    148: 1.8,
+    125: 2.0,
+    114: 2.3,
+    4: 2.4,
+    79: 2.6,
+    113: 2.6,
+    249: 2.5,
+    158: 2.8,
+    224: 2.9,
+    234: 3.0,
+    90: 3.3,
+    68: 3.4,
+    107: 3.3,
+    246: 3.5,
+    137: 3.8,
+    170: 4.0,
+    164: 3.8,
+    186: 3.9,
+    100: 4.2,
+    233: 4.4,
+    162: 4.7,
+    161: 4.8,
+    230: 4.6,
+    48: 4.9,
+    50: 5.0,
+    163: 5.1,
+    229: 5.0,
+    140: 5.6,
+    141: 5.7,
+    237: 5.8,
+    142: 5.4,
+    143: 5.6,
+    43: 6.5,
+    239: 6.2,
+    236: 6.6,
+    263: 6.6,
+    262: 6.9,
+    238: 7.0,
+    24: 7.6,
+    151: 7.3,
+    75: 7.7,
+    166: 8.1,
+    41: 8.4,
+    74: 8.5,
+    42: 8.9,
+    152: 8.7,
+    116: 9.4,
+    244: 10.2,
+    243: 11.2,
+    120: 10.6,
+    127: 12.2,
+    128: 12.6,
+    153: 12.8,
+    194: 8.9,
+    202: 5.6,
+    103: -0.8,
+    104: -0.6,
+    105: -0.9,
 }
 # Extra pull of the busiest zones, on top of Manhattan's.
 _HUBS = {
-    237: 9.0, 236: 8.0, 161: 8.0, 162: 6.0, 186: 6.0, 230: 5.0, 170: 5.0, 142: 5.0, 48: 5.0,
-    234: 4.5, 141: 4.0, 263: 4.0, 239: 4.0, 163: 3.5, 68: 3.5, 107: 3.5, 79: 3.0, 238: 3.0,
-    140: 3.0, 164: 3.0, 90: 3.0, 113: 2.5, 249: 2.5, 43: 2.0, 229: 2.0, 246: 2.0, 100: 2.0,
+    237: 9.0,
+    236: 8.0,
+    161: 8.0,
+    162: 6.0,
+    186: 6.0,
+    230: 5.0,
+    170: 5.0,
+    142: 5.0,
+    48: 5.0,
+    234: 4.5,
+    141: 4.0,
+    263: 4.0,
+    239: 4.0,
+    163: 3.5,
+    68: 3.5,
+    107: 3.5,
+    79: 3.0,
+    238: 3.0,
+    140: 3.0,
+    164: 3.0,
+    90: 3.0,
+    113: 2.5,
+    249: 2.5,
+    43: 2.0,
+    229: 2.0,
+    246: 2.0,
+    100: 2.0,
 }
 # Relative traffic by hour of the day, for pickups, and the mean speed then (mph).
 _HOUR_WEIGHT = np.array(
-    [2.0, 1.3, 0.8, 0.5, 0.5, 0.8, 2.0, 3.5, 4.5, 4.5, 4.3, 4.5,
-     4.8, 5.0, 5.3, 5.5, 5.6, 5.9, 6.0, 5.4, 4.5, 4.0, 3.6, 2.8]
+    [
+        2.0,
+        1.3,
+        0.8,
+        0.5,
+        0.5,
+        0.8,
+        2.0,
+        3.5,
+        4.5,
+        4.5,
+        4.3,
+        4.5,
+        4.8,
+        5.0,
+        5.3,
+        5.5,
+        5.6,
+        5.9,
+        6.0,
+        5.4,
+        4.5,
+        4.0,
+        3.6,
+        2.8,
+    ]
 )
 _HOUR_SPEED = np.array(
-    [18.0, 19.0, 20.0, 21.0, 21.0, 19.0, 16.0, 13.0, 11.0, 10.5, 10.5, 10.5,
-     10.5, 10.5, 10.0, 9.5, 9.5, 10.0, 11.0, 12.5, 14.0, 15.0, 16.0, 17.0]
+    [
+        18.0,
+        19.0,
+        20.0,
+        21.0,
+        21.0,
+        19.0,
+        16.0,
+        13.0,
+        11.0,
+        10.5,
+        10.5,
+        10.5,
+        10.5,
+        10.5,
+        10.0,
+        9.5,
+        9.5,
+        10.0,
+        11.0,
+        12.5,
+        14.0,
+        15.0,
+        16.0,
+        17.0,
+    ]
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -218,9 +351,7 @@ def _month_bounds(month: str) -> tuple[int, int, int]:
     return int(start), days, first_weekday
 
 
-def _chunk(
-    world: _World, rng: np.random.Generator, n: int, month: str
-) -> pa.Table:
+def _chunk(world: _World, rng: np.random.Generator, n: int, month: str) -> pa.Table:
     """``n`` trips of ``month``, as an arrow table in ``SCHEMA``."""
     start, days, first_weekday = _month_bounds(month)
     end = start + days * 86_400 * _US_PER_S
@@ -283,9 +414,9 @@ def _chunk(
     # Who and how they paid.
     vendor = np.where(rng.random(n) < 0.3, 1, 2).astype(np.int64)
     null_block = rng.random(n) < NULL_BLOCK
-    passengers = rng.choice(
-        7, size=n, p=[0.02, 0.70, 0.14, 0.04, 0.02, 0.05, 0.03]
-    ).astype(np.float64)
+    passengers = rng.choice(7, size=n, p=[0.02, 0.70, 0.14, 0.04, 0.02, 0.05, 0.03]).astype(
+        np.float64
+    )
     payment = rng.choice([1, 2, 3, 4], size=n, p=[0.72, 0.26, 0.012, 0.008]).astype(np.int64)
     payment[null_block] = 0
 
@@ -357,8 +488,11 @@ def _chunk(
 def generate(
     month: str, rows: int, seed: int | None = None, batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.Table]:
-    """Yield the trips of ``month`` as arrow tables of at most ``batch_rows`` rows each."""
-    year, mon = parse_month(month)
+    """Yield the trips of ``month`` as arrow tables of at most ``batch_rows`` rows each.
+
+    Arguments are checked now, not at the first ``next()``.
+    """
+    parse_month(month)
     if rows < 0:
         raise ValueError(f"rows must be zero or more, not {rows}")
     if batch_rows < 1:
@@ -366,6 +500,11 @@ def generate(
     seed = default_seed(month) if seed is None else seed
     if seed < 0:
         raise ValueError(f"the seed must be zero or more, not {seed}")
+    return _batches(month, rows, seed, batch_rows)
+
+
+def _batches(month: str, rows: int, seed: int, batch_rows: int) -> Iterator[pa.Table]:
+    year, mon = parse_month(month)
     world = _world()
     for index, offset in enumerate(range(0, rows, batch_rows)):
         # One stream per batch, mixed with the month so one seed gives different months.
@@ -386,6 +525,8 @@ def write_sample(
     same directory, synced, then renamed over the destination.
     """
     seed = default_seed(month) if seed is None else seed
+    if row_group_rows < 1:
+        raise ValueError(f"row_group_rows must be positive, not {row_group_rows}")
     batches = generate(month, rows, seed)  # validates before anything touches the disk
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name(month)

@@ -22,8 +22,12 @@ def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 month_option = click.option(
-    "--month", metavar="YYYY-MM", required=True, callback=check_month,
-    envvar=env("month"), show_envvar=True,
+    "--month",
+    metavar="YYYY-MM",
+    required=True,
+    callback=check_month,
+    envvar=env("month"),
+    show_envvar=True,
     help="The month of trips, e.g. 2021-01.",
 )
 
@@ -31,16 +35,27 @@ month_option = click.option(
 @click.command("sample-data")
 @month_option
 @click.option(
-    "--rows", type=click.IntRange(min=0), default=100_000, show_default=True,
-    envvar=env("rows"), show_envvar=True, help="How many trips to write.",
+    "--rows",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    envvar=env("rows"),
+    show_envvar=True,
+    help="How many trips to write.",
 )
 @click.option(
-    "--seed", type=click.IntRange(min=0), default=None, show_default="from the month",
-    envvar=env("seed"), show_envvar=True,
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="from the month",
+    envvar=env("seed"),
+    show_envvar=True,
     help="Random seed; the same seed and month give the same file.",
 )
 @click.argument(
-    "out", type=click.Path(file_okay=False, path_type=Path), envvar=env("out"),
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=env("out"),
 )
 @common_options
 @reporting
@@ -50,34 +65,55 @@ def sample_data(month: str, rows: int, seed: int | None, out: Path) -> dict[str,
     OUT (env TAXI_JOB_OUT) is a directory, created if missing.
     """
     result = sample.write_sample(month, rows, out, seed)
-    return {"path": str(result.path), "rows": result.rows, "month": result.month,
-            "seed": result.seed}
+    return {
+        "path": str(result.path),
+        "rows": result.rows,
+        "month": result.month,
+        "seed": result.seed,
+    }
 
 
 @click.command("fetch")
 @month_option
 @click.option(
-    "--base-url", default=fetching.DEFAULT_BASE_URL, show_default=True,
-    envvar=env("base_url"), show_envvar=True,
+    "--base-url",
+    default=fetching.DEFAULT_BASE_URL,
+    show_default=True,
+    envvar=env("base_url"),
+    show_envvar=True,
     help="Where the monthly files are: {base-url}/yellow_tripdata_<month>.parquet.",
 )
 @click.option(
-    "--retries", type=click.IntRange(min=0), default=5, show_default=True,
-    envvar=env("retries"), show_envvar=True,
+    "--retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    envvar=env("retries"),
+    show_envvar=True,
     help="Attempts after the first on connection errors, 429 and 5xx.",
 )
 @click.option(
-    "--backoff", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-    envvar=env("backoff"), show_envvar=True,
+    "--backoff",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    envvar=env("backoff"),
+    show_envvar=True,
     help="Seconds before the first retry; doubled for each next one.",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.0, min_open=True), default=60.0,
-    show_default=True, envvar=env("timeout"), show_envvar=True,
+    "--timeout",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=60.0,
+    show_default=True,
+    envvar=env("timeout"),
+    show_envvar=True,
     help="Seconds without data before an attempt gives up.",
 )
 @click.argument(
-    "directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
+    "directory",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
     envvar=env("dir"),
 )
 @common_options
@@ -91,5 +127,9 @@ def fetch(
     size is kept.
     """
     result = fetching.fetch_month(month, directory, base_url, retries, backoff, timeout)
-    return {"path": str(result.path), "bytes": result.bytes, "url": result.url,
-            "skipped": result.skipped}
+    return {
+        "path": str(result.path),
+        "bytes": result.bytes,
+        "url": result.url,
+        "skipped": result.skipped,
+    }
