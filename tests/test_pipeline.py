@@ -1,4 +1,4 @@
-"""`taxi-job train` and `taxi-job infer` end to end: the CLI contract and the pipeline's semantics."""
+"""`taxi-job train` and `taxi-job infer` end to end: the CLI contract and the semantics."""
 
 from __future__ import annotations
 
