@@ -1,0 +1,434 @@
+"""Ad-hoc runs: a Job made from a CronJob's ``jobTemplate`` (as ``kubectl create job
+--from=cronjob/NAME`` makes it), an overlap guard for ``train``, and waiting for the Job
+with progress, its pod's logs, and the reason it failed.
+
+The functions take the API objects (``BatchV1Api``, ``CoreV1Api``) as parameters, so tests
+hand in their own; the ``kubernetes`` client is imported lazily.
+
+Exit codes of the launcher's own errors (the cluster's are in :mod:`job.kube`):
+
+==== ===================================================================================
+code meaning
+==== ===================================================================================
+2    :class:`job.errors.BadInputError`: a ``--set`` that is not ``KEY=VALUE``.
+70   :class:`RunFailedError`: the Job ran and failed (the message says why).
+75   :class:`OverlapError`: another ``train`` Job is active; try again when it is done.
+124  :class:`WaitTimeoutError`: ``--timeout`` passed; the Job keeps running.
+==== ===================================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+import re
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from job.errors import EXIT_TRANSIENT, BadInputError, TaxiJobError
+from job.kube import BatchV1Api, CoreV1Api, V1CronJob, V1Job, V1Pod, api_call, explain
+from job.runs import (
+    CONTAINER,
+    INSTANTIATE_ANNOTATION,
+    LAUNCHED_BY_ANNOTATION,
+    TRIGGER_LABEL,
+    JobState,
+    command_of,
+    is_job_pod,
+    job_state,
+    pod_for_result,
+    started_at,
+    termination_summary,
+    trigger_of,
+)
+
+logger = logging.getLogger(__name__)
+
+#: sysexits' EX_SOFTWARE: the launched run failed.
+EXIT_RUN_FAILED = 70
+#: As coreutils' ``timeout``: we stopped waiting, the Job did not stop.
+EXIT_WAIT_TIMEOUT = 124
+
+#: Commands that must not overlap: two trainings would race to publish a model.
+GUARDED = frozenset({"train"})
+
+#: The prefix of the settings a run reads from its environment (see job.cli.options).
+ENV_PREFIX = "TAXI_JOB_"
+_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_SUFFIX = string.ascii_lowercase + string.digits
+
+
+class OverlapError(TaxiJobError):
+    """A run of the same command is active and the command must not overlap."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class RunFailedError(TaxiJobError):
+    """The Job failed, or vanished before it finished."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class WaitTimeoutError(TaxiJobError):
+    """The Job did not finish within ``--timeout``."""
+
+    exit_code = EXIT_WAIT_TIMEOUT
+
+
+def parse_settings(pairs: Iterable[str]) -> dict[str, str]:
+    """``--set`` pairs as environment variables: ``train-data=X`` and
+    ``TAXI_JOB_TRAIN_DATA=X`` both give ``{"TAXI_JOB_TRAIN_DATA": "X"}``."""
+    settings: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise BadInputError(
+                f"--set {pair!r}: expected KEY=VALUE, with KEY like train-data or "
+                "TAXI_JOB_TRAIN_DATA"
+            )
+        name = key.upper().replace("-", "_")
+        if not name.startswith(ENV_PREFIX):
+            name = ENV_PREFIX + name
+        settings[name] = value
+    return settings
+
+
+def job_name(cronjob: str, now: dt.datetime | None = None) -> str:
+    """A unique, sortable name: ``train-manual-20250106-120501-x7k2``, at most 63
+    characters (the limit of the ``job-name`` label on its pods)."""
+    now = now or dt.datetime.now(dt.UTC)
+    suffix = f"-manual-{now:%Y%m%d-%H%M%S}-" + "".join(secrets.choice(_SUFFIX) for _ in range(4))
+    return cronjob[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def build_job(
+    cronjob: V1CronJob, *, name: str, settings: Mapping[str, str] | None = None,
+    launched_by: str | None = None,
+) -> V1Job:
+    """The Job ``kubectl create job NAME --from=cronjob/...`` would create, labelled as
+    launched by hand, with ``settings`` as env of the ``taxi-job`` container (env beats
+    the ConfigMap's envFrom)."""
+    from kubernetes import client
+
+    template = cronjob.spec.job_template
+    template_meta = template.metadata
+    annotations = {INSTANTIATE_ANNOTATION: "manual"}
+    annotations.update((template_meta.annotations if template_meta else None) or {})
+    if launched_by:
+        annotations[LAUNCHED_BY_ANNOTATION] = launched_by
+    labels = dict((template_meta.labels if template_meta else None) or {})
+    labels[TRIGGER_LABEL] = "manual"
+    spec = copy.deepcopy(template.spec)
+    if settings:
+        _set_env(spec.template.spec.containers, settings)
+    return client.V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=client.V1ObjectMeta(
+            name=name,
+            namespace=cronjob.metadata.namespace,
+            labels=labels,
+            annotations=annotations,
+            # As kubectl does: the CronJob controls it (so deleting the CronJob deletes it),
+            # without blockOwnerDeletion, which would need the finalizers permission.
+            owner_references=[client.V1OwnerReference(
+                api_version="batch/v1", kind="CronJob", name=cronjob.metadata.name,
+                uid=cronjob.metadata.uid, controller=True,
+            )],
+        ),
+        spec=spec,
+    )
+
+
+def _set_env(containers: Sequence[Any], settings: Mapping[str, str]) -> None:
+    from kubernetes import client
+
+    target = next((c for c in containers if c.name == CONTAINER), None)
+    if target is None and len(containers) == 1:
+        target = containers[0]
+    if target is None:
+        raise BadInputError(f"the CronJob has no container named {CONTAINER!r} to --set on")
+    env = [e for e in (target.env or []) if e.name not in settings]
+    env.extend(client.V1EnvVar(name=k, value=v) for k, v in settings.items())
+    target.env = env
+
+
+def active_runs(batch: BatchV1Api, namespace: str, command: str) -> list[V1Job]:
+    """The unfinished Jobs of ``command``, scheduled or manual."""
+    with api_call(batch, "list", "jobs.batch", namespace=namespace):
+        jobs = batch.list_namespaced_job(namespace).items or []
+    return [j for j in jobs if command_of(j) == command and not job_state(j).finished]
+
+
+def describe_active(jobs: Sequence[V1Job], now: dt.datetime | None = None) -> str:
+    """``train-28979360 (scheduled, started 5m ago)``, for each active Job."""
+    now = now or dt.datetime.now(dt.UTC)
+    parts = []
+    for job in jobs:
+        start = started_at(job)
+        age = f", started {int((now - start).total_seconds() // 60)}m ago" if start else ""
+        parts.append(f"{job.metadata.name} ({trigger_of(job)}{age})")
+    return ", ".join(parts)
+
+
+def launch(
+    batch: BatchV1Api, namespace: str, command: str, *,
+    settings: Mapping[str, str] | None = None, allow_overlap: bool = False,
+    launched_by: str | None = None, name: str | None = None,
+) -> V1Job:
+    """Create a Job from the CronJob ``command``; refuse a guarded command (``train``) while
+    one of its Jobs is active, unless ``allow_overlap``. Returns the created Job."""
+    with api_call(batch, "get", "cronjobs.batch", name=command, namespace=namespace):
+        cronjob = batch.read_namespaced_cron_job(command, namespace)
+    if cronjob.metadata.namespace is None:
+        cronjob.metadata.namespace = namespace
+    if command in GUARDED and not allow_overlap:
+        active = active_runs(batch, namespace, command)
+        if active:
+            raise OverlapError(
+                f"refusing to start {command}: {describe_active(active)} still active; "
+                "wait for it to finish or pass --allow-overlap"
+            )
+    job = build_job(
+        cronjob, name=name or job_name(command), settings=settings, launched_by=launched_by
+    )
+    with api_call(batch, "create", "jobs.batch", name=job.metadata.name, namespace=namespace):
+        created = batch.create_namespaced_job(namespace, job)
+    logger.info("created job.batch/%s in namespace %s", created.metadata.name, namespace)
+    return created
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a waiting user is shown."""
+
+    job: str
+    state: str
+    """The Job's state (:class:`job.runs.JobState`)."""
+    pod: str | None
+    """The newest pod's phase, and why it waits (``Pending (ImagePullBackOff)``)."""
+    elapsed_s: float
+
+    def line(self) -> str:
+        pod = f", pod {self.pod}" if self.pod else ""
+        return f"{self.job}: {self.state}{pod}, {int(self.elapsed_s)}s"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a launched Job ended."""
+
+    job: str
+    state: str
+    reason: str | None
+    message: str | None
+    elapsed_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    """What the run wrote to its termination message."""
+
+    def failure(self) -> str:
+        """One line: why the Job failed, and what the run itself said."""
+        text = f"job {self.job} failed"
+        if self.reason:
+            text += f": {self.reason}"
+        if self.message:
+            text += f": {self.message}"
+        if "error" in self.summary:
+            text += f"; the run said: {self.summary['error']}"
+        return text
+
+
+def pod_phase(pod: V1Pod) -> str:
+    """``Running``, or ``Pending (ImagePullBackOff)`` when a container waits for a reason."""
+    phase = (pod.status.phase if pod.status is not None else None) or "Pending"
+    for status in (pod.status.container_statuses or []) if pod.status is not None else []:
+        waiting = status.state.waiting if status.state is not None else None
+        if waiting is not None and waiting.reason and waiting.reason != "ContainerCreating":
+            return f"{phase} ({waiting.reason})"
+    return str(phase)
+
+
+def _started(pod: V1Pod) -> bool:
+    """Whether a container has started, so its log can be read."""
+    return pod.status is not None and pod.status.phase in ("Running", "Succeeded", "Failed")
+
+
+def list_job_pods(core: CoreV1Api, namespace: str, name: str) -> list[V1Pod]:
+    with api_call(core, "list", "pods", namespace=namespace):
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+    return sorted(
+        (p for p in pods or [] if is_job_pod(p, name)),
+        key=lambda p: p.metadata.creation_timestamp
+        or dt.datetime.min.replace(tzinfo=dt.UTC),
+    )
+
+
+def follow_log(
+    core: CoreV1Api, namespace: str, pod: str, on_line: Callable[[str], None],
+    container: str = CONTAINER,
+) -> None:
+    """Stream the container's log to ``on_line`` until the container ends."""
+    with api_call(core, "get", "pods/log", name=pod, namespace=namespace):
+        resp = core.read_namespaced_pod_log(
+            pod, namespace, container=container, follow=True, _preload_content=False
+        )
+    try:
+        buffer = b""
+        for chunk in resp.stream(4096, decode_content=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                on_line(line.decode("utf-8", errors="replace"))
+        if buffer:
+            on_line(buffer.decode("utf-8", errors="replace"))
+    finally:
+        resp.release_conn()
+
+
+class _LogFollowers:
+    """One thread a pod, started once its container runs, so logs flow while we watch."""
+
+    def __init__(self, core: CoreV1Api, namespace: str, on_line: Callable[[str], None]):
+        self.core, self.namespace, self.on_line = core, namespace, on_line
+        self.threads: dict[str, threading.Thread] = {}
+        self.lock = threading.Lock()  # one pod's lines at a time
+
+    def update(self, pods: Iterable[V1Pod]) -> None:
+        for pod in pods:
+            name = pod.metadata.name
+            if name not in self.threads and _started(pod):
+                thread = threading.Thread(
+                    target=self._follow, args=(name,), name=f"logs-{name}", daemon=True
+                )
+                self.threads[name] = thread
+                thread.start()
+
+    def _follow(self, pod: str) -> None:
+        def locked(line: str) -> None:
+            with self.lock:
+                self.on_line(line)
+
+        try:
+            follow_log(self.core, self.namespace, pod, locked)
+        except TaxiJobError as exc:  # logs are a courtesy: the Job's result still counts
+            logger.warning("cannot follow the log of pod %s: %s", pod, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken stream must not end the wait
+            logger.warning("the log of pod %s broke off: %r", pod, exc)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def wait(
+    batch: BatchV1Api, core: CoreV1Api, namespace: str, name: str, *,
+    timeout: float | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    tick: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunResult:
+    """Watch the Job ``name`` until it succeeds or fails (or ``timeout`` seconds pass);
+    report progress at each change and every ``tick`` seconds, follow its pods' logs with
+    ``on_log``. A watch that expires (410 Gone) is resumed from a fresh read.
+
+    Raises :class:`RunFailedError` if the Job fails or is deleted, and
+    :class:`WaitTimeoutError` on timeout; returns the result when it succeeds."""
+    started = clock()
+    followers = _LogFollowers(core, namespace, on_log) if on_log is not None else None
+    job = _read_job(batch, namespace, name)
+    while True:
+        state = job_state(job)
+        pods = list_job_pods(core, namespace, name)
+        if followers is not None:
+            followers.update(pods)
+        if on_progress is not None:
+            pod = pod_phase(pods[-1]) if pods else None
+            on_progress(Progress(name, state.state, pod, clock() - started))
+        if state.finished:
+            break
+        remaining = None if timeout is None else timeout - (clock() - started)
+        if remaining is not None and remaining <= 0:
+            raise WaitTimeoutError(
+                f"job {name} is still {state.state} after {timeout:g}s; it keeps running "
+                f"(taxi-job runs, or kubectl -n {namespace} get job {name})"
+            )
+        window = tick if remaining is None else min(tick, remaining)
+        job = _next_change(batch, namespace, name, job, window)
+    if followers is not None:
+        followers.join(timeout=10.0)
+    return _result(job, state, pods, clock() - started)
+
+
+def _read_job(batch: BatchV1Api, namespace: str, name: str) -> V1Job:
+    with api_call(batch, "get", "jobs.batch", name=name, namespace=namespace):
+        return batch.read_namespaced_job(name, namespace)
+
+
+def _next_change(
+    batch: BatchV1Api, namespace: str, name: str, job: V1Job, window: float
+) -> V1Job:
+    """The Job once its status changes, or as it is after ``window`` seconds."""
+    import kubernetes.watch
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    watch: Any = kubernetes.watch  # its Watch carries no annotations
+
+    kwargs: dict[str, Any] = {
+        "field_selector": f"metadata.name={name}",
+        # The server ends the watch after this; the client gives up a little later, in case
+        # a proxy (or a test server) ignores it.
+        "timeout_seconds": max(1, math.ceil(window)),
+        "_request_timeout": (10, window * 2 + 1),
+    }
+    if job.metadata.resource_version:
+        kwargs["resource_version"] = job.metadata.resource_version
+    watcher = watch.Watch()
+    stream = watcher.stream(batch.list_namespaced_job, namespace, **kwargs)
+    try:
+        for event in stream:
+            obj = event["object"]
+            if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                continue
+            if obj.metadata is None or obj.metadata.name != name:
+                continue  # a server that ignores the field selector
+            if event["type"] == "DELETED":
+                raise RunFailedError(f"job {name} was deleted before it finished")
+            if obj.status != job.status:
+                return obj
+            job = obj  # same status, newer resourceVersion
+    except ApiException as exc:
+        if exc.status != 410:
+            raise explain(exc, batch, "watch", "jobs.batch", namespace=namespace) from exc
+        logger.debug("the watch of job %s expired (410 Gone); resuming from a fresh read", name)
+        return _read_job(batch, namespace, name)
+    except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError):
+        pass  # quiet for a while, or the connection broke: look again
+    except urllib3.exceptions.HTTPError as exc:
+        raise explain(exc, batch, "watch", "jobs.batch", namespace=namespace) from exc
+    finally:
+        watcher.stop()
+        stream.close()
+    return job
+
+
+def _result(job: V1Job, state: JobState, pods: Sequence[V1Pod], elapsed: float) -> RunResult:
+    pod = pod_for_result(pods, state.state)
+    result = RunResult(
+        job=job.metadata.name, state=state.state, reason=state.reason, message=state.message,
+        elapsed_s=elapsed, summary=termination_summary(pod) if pod is not None else {},
+    )
+    if state.state == "failed":
+        raise RunFailedError(result.failure())
+    return result

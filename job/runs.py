@@ -1,0 +1,264 @@
+"""The run history: the Jobs of the ``train`` and ``infer`` CronJobs, scheduled or launched
+by hand, their state, and the summary each run left in its pod's termination message.
+
+Also the small readers of a Job that the launcher shares: which command, which trigger,
+which state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from job.kube import BatchV1Api, CoreV1Api, V1Job, V1Pod, api_call
+
+#: The CronJobs (and commands) whose Jobs make up the history.
+COMMANDS = ("train", "infer")
+#: The container that runs ``taxi-job`` in the CronJobs' pod template.
+CONTAINER = "taxi-job"
+#: The annotation ``kubectl create job --from=cronjob/...`` sets, and so do we.
+INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
+#: Our own label on a Job launched by hand (``manual``).
+TRIGGER_LABEL = "taxi-job/trigger"
+#: Who launched a manual Job (an annotation: free text).
+LAUNCHED_BY_ANNOTATION = "taxi-job/launched-by"
+#: The label the Job controller puts on its pods (``batch.kubernetes.io/job-name`` since
+#: 1.27 too; this older one is still set and works on every version).
+JOB_NAME_LABEL = "job-name"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a Job stands, from its status conditions."""
+
+    state: str
+    """``pending``, ``running``, ``suspended``, ``succeeded`` or ``failed``."""
+    reason: str | None = None
+    """Why it failed: ``PodFailurePolicy``, ``BackoffLimitExceeded``, ``DeadlineExceeded``."""
+    message: str | None = None
+    """The Job controller's sentence about the failure."""
+    finished_at: dt.datetime | None = None
+    """When it succeeded or failed."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+
+def job_state(job: V1Job) -> JobState:
+    """The state of ``job``: a ``Complete`` or ``Failed`` condition is final."""
+    status = job.status
+    conditions = {c.type: c for c in (status.conditions or []) if c.status == "True"} \
+        if status is not None else {}
+    if "Complete" in conditions:
+        end = status.completion_time or conditions["Complete"].last_transition_time
+        return JobState("succeeded", finished_at=end)
+    if "Failed" in conditions:
+        failed = conditions["Failed"]
+        return JobState("failed", failed.reason, failed.message, failed.last_transition_time)
+    if "Suspended" in conditions:
+        return JobState("suspended")
+    if status is not None and status.active:
+        return JobState("running")
+    return JobState("pending")
+
+
+def command_of(job: V1Job) -> str | None:
+    """``train`` or ``infer``: the CronJob that owns ``job`` (scheduled or launched by us)."""
+    for ref in job.metadata.owner_references or []:
+        if ref.kind == "CronJob" and ref.name in COMMANDS:
+            return str(ref.name)
+    return None
+
+
+def trigger_of(job: V1Job) -> str:
+    """``manual`` for a Job made by hand (by us or ``kubectl create job --from``), else
+    ``scheduled``."""
+    annotations = job.metadata.annotations or {}
+    labels = job.metadata.labels or {}
+    if annotations.get(INSTANTIATE_ANNOTATION) == "manual" or labels.get(TRIGGER_LABEL):
+        return "manual"
+    return "scheduled"
+
+
+def started_at(job: V1Job) -> dt.datetime | None:
+    """When the Job controller started ``job`` (its creation, before that)."""
+    start = job.status.start_time if job.status is not None else None
+    return start or job.metadata.creation_timestamp  # type: ignore[no-any-return]
+
+
+def is_job_pod(pod: V1Pod, job_name: str) -> bool:
+    labels = pod.metadata.labels or {}
+    return bool(
+        labels.get(JOB_NAME_LABEL) == job_name
+        or labels.get("batch.kubernetes.io/job-name") == job_name
+    )
+
+
+def termination_summary(pod: V1Pod, container: str = CONTAINER) -> dict[str, Any]:
+    """The JSON summary the run wrote to its termination message; a message that is not a
+    JSON object (a log tail, with ``FallbackToLogsOnError``) becomes ``{"message": ...}``."""
+    statuses = (pod.status.container_statuses or []) if pod.status is not None else []
+    chosen = next((s for s in statuses if s.name == container), None)
+    if chosen is None and len(statuses) == 1:
+        chosen = statuses[0]
+    if chosen is None:
+        return {}
+    terminated = None
+    for state in (chosen.state, chosen.last_state):
+        if state is not None and state.terminated is not None:
+            terminated = state.terminated
+            break
+    if terminated is None or not terminated.message:
+        return {}
+    text = terminated.message.strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    last = text.splitlines()[-1] if text else ""
+    return {"message": last[:200]}
+
+
+def pod_for_result(pods: Iterable[V1Pod], state: str) -> V1Pod | None:
+    """The pod whose termination message tells the run's outcome: the one that succeeded,
+    else the newest."""
+    pods = sorted(pods, key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(
+        tzinfo=dt.UTC))
+    if state == "succeeded":
+        for pod in reversed(pods):
+            if pod.status is not None and pod.status.phase == "Succeeded":
+                return pod
+    return pods[-1] if pods else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One Job of the history."""
+
+    name: str
+    command: str
+    """``train`` or ``infer``."""
+    trigger: str
+    """``scheduled`` or ``manual``."""
+    state: str
+    reason: str | None
+    start: dt.datetime | None
+    duration_s: float | None
+    """From start to the end; for a run still going, until now."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """What the run wrote to its termination message, once finished."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "command": self.command,
+            "trigger": self.trigger,
+            "state": self.state,
+            "reason": self.reason,
+            "start": self.start.isoformat() if self.start else None,
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 1),
+            "summary": self.summary,
+        }
+
+
+def list_runs(
+    batch: BatchV1Api, core: CoreV1Api, namespace: str, *, limit: int = 20,
+    now: dt.datetime | None = None,
+) -> list[Run]:
+    """The ``limit`` newest runs of ``train`` and ``infer`` in ``namespace``, newest first."""
+    now = now or dt.datetime.now(dt.UTC)
+    with api_call(batch, "list", "jobs.batch", namespace=namespace):
+        jobs = batch.list_namespaced_job(namespace).items or []
+    ours = [j for j in jobs if command_of(j) is not None]
+    ours.sort(key=lambda j: started_at(j) or now, reverse=True)
+    ours = ours[:limit]
+    pods: list[V1Pod] = []
+    if any(job_state(j).finished for j in ours):
+        with api_call(core, "list", "pods", namespace=namespace):
+            pods = core.list_namespaced_pod(namespace, label_selector=JOB_NAME_LABEL).items or []
+    return [_run(job, pods, now) for job in ours]
+
+
+def _run(job: V1Job, pods: Sequence[V1Pod], now: dt.datetime) -> Run:
+    state = job_state(job)
+    start = started_at(job)
+    end = state.finished_at if state.finished else now
+    duration = (end - start).total_seconds() if start and end else None
+    summary: dict[str, Any] = {}
+    if state.finished:
+        pod = pod_for_result((p for p in pods if is_job_pod(p, job.metadata.name)), state.state)
+        summary = termination_summary(pod) if pod is not None else {}
+    return Run(
+        name=job.metadata.name, command=command_of(job) or "?", trigger=trigger_of(job),
+        state=state.state, reason=state.reason, start=start, duration_s=duration,
+        summary=summary,
+    )
+
+
+def _num(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
+
+
+def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
+    """A run's summary in a few words: the model and its RMSE for ``train``, the inputs and
+    rows for ``infer``, the error for a failed run."""
+    if not summary:
+        return "-"
+    if "error" in summary:
+        return f"error: {summary['error']}"
+    if command == "train" and "model_version" in summary:
+        text = f"model {summary['model_version']}"
+        if "rmse_eval" in summary:
+            text += f", rmse eval {_num(summary['rmse_eval'], 3)}"
+        if "rmse_train" in summary:
+            text += f" train {_num(summary['rmse_train'], 3)}"
+        return text
+    if command == "infer" and "inputs_predicted" in summary:
+        text = f"{summary['inputs_predicted']} inputs, {summary.get('rows_predicted', '?')} rows"
+        if summary.get("inputs_skipped"):
+            text += f", {summary['inputs_skipped']} skipped"
+        if "model_version" in summary:
+            text += f" (model {summary['model_version']})"
+        return text
+    if "message" in summary:
+        return str(summary["message"])
+    return json.dumps(summary, default=str)[:120]
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def render_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Runs (as :meth:`Run.to_dict` gives them) as an aligned table, like ``kubectl get``."""
+    if not runs:
+        return "no runs"
+    header = ("NAME", "COMMAND", "TRIGGER", "STATE", "START (UTC)", "DURATION", "SUMMARY")
+    rows = [header]
+    for run in runs:
+        state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
+        start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
+        rows.append((
+            run["name"], run["command"], run["trigger"], state, start,
+            format_duration(run.get("duration_s")),
+            describe_summary(run["command"], run.get("summary") or {}),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    )
