@@ -93,7 +93,7 @@ def get(server: Server, tmp_path: Path) -> Get:
     def run(retries: int = 3, **kwargs: object) -> fetch.FetchResult:
         return fetch.fetch_month(
             MONTH, tmp_path / "dl", server.base_url, retries=retries, backoff=0.01,
-            timeout=5.0, sleep=sleeps.append, **kwargs,  # type: ignore[arg-type]
+            timeout=5.0, sleep=sleeps.append, **kwargs,
         )  # fmt: skip
 
     run.sleeps = sleeps  # type: ignore[attr-defined]

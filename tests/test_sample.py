@@ -80,7 +80,8 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
 
 def minutes(table: pa.Table) -> np.ndarray:
     delta = pc.subtract(table["tpep_dropoff_datetime"], table["tpep_pickup_datetime"])
-    return delta.cast(pa.int64()).to_numpy() / 60e6
+    result: np.ndarray = delta.cast(pa.int64()).to_numpy() / 60e6
+    return result
 
 
 def test_schema_is_the_tlc_2021_schema_exactly(make_sample: MakeSample) -> None:
