@@ -1,0 +1,267 @@
+"""A Kubernetes API stand-in on loopback for the launcher's tests, makers of the objects it
+serves, and a fake Job controller.
+
+The stand-in is kmock's ``KubernetesEmulator`` (an in-memory API server over real HTTP), run
+in its own thread and event loop, because the kubernetes client is synchronous: the real
+client, its serialization, watches and log streams are exercised. kmock's own async fixture
+cannot serve a blocking client from the test's thread, hence this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+from kubernetes import client
+
+NS = "taxi-job"
+JOBS = kmock.resource("batch", "v1", "jobs")
+CRONJOBS = kmock.resource("batch", "v1", "cronjobs")
+PODS = kmock.resource("", "v1", "pods")
+
+
+class FakeCluster:
+    """kmock serving on 127.0.0.1 from a background thread, with clients pointing at it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+        self.handler: Any = None
+        self.url = ""
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
+            self.handler = handler
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> FakeCluster:
+        self._thread.start()
+        assert self._ready.wait(10), "kmock did not start"
+        for resource in ("batch/v1/jobs", "batch/v1/cronjobs", "v1/pods"):  # list even if empty
+            self.on_loop(lambda r=resource: self.handler.resources.__setitem__(r, {}))
+        configuration = client.Configuration(host=self.url)
+        api_client = client.ApiClient(configuration)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in the server's thread (kmock's DSL is not thread-safe)."""
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
+
+    def react(self, criteria: tuple[Any, ...], payload: Any) -> None:
+        """``kmock[criteria] << payload``, e.g. an error for one verb and resource."""
+        self.on_loop(lambda: self.handler[criteria] << payload)
+
+    def react_first(self, criteria: tuple[Any, ...], payload: Any) -> None:
+        """``payload`` for the first request matching ``criteria`` only."""
+        self.on_loop(lambda: self.handler[criteria][:1] << payload)
+
+    def put(self, resource: Any, obj: dict[str, Any]) -> None:
+        """Store ``obj`` as if applied (no events: do it before the code under test runs)."""
+        meta = obj["metadata"]
+        key = (resource, meta.get("namespace", NS), meta["name"])
+        self.on_loop(lambda: self.handler.objects.__setitem__(key, copy.deepcopy(obj)))
+
+    def requests(self, method: str | None = None, resource: Any = None) -> list[Any]:
+        def pick() -> list[Any]:
+            return [
+                r for r in self.handler
+                if (method is None or r.method == method.upper())
+                and (resource is None or r.resource == resource)
+            ]
+
+        return list(self.on_loop(pick))
+
+    def created_jobs(self) -> list[dict[str, Any]]:
+        """The bodies of the Job creations, as the server received them."""
+        return [r.data for r in self.requests("post", JOBS)]
+
+    def kubeconfig(self, path: Path, *, user: str = "tester", context: str = "fake") -> Path:
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: fake\n  cluster:\n    server: {self.url}\n"
+            f"users:\n- name: {user}\n  user:\n    token: not-a-secret\n"
+            f"contexts:\n- name: {context}\n  context:\n    cluster: fake\n    user: {user}\n"
+            f"current-context: {context}\n",
+            encoding="utf-8",
+        )
+        return path
+
+
+def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict[str, Any]:
+    """A CronJob as the manifests (issue #3) define it."""
+    schedule = "0 0 * * 0" if command == "train" else "* * * * *"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": command, "namespace": NS, "uid": uid,
+                     "labels": {"app.kubernetes.io/name": "taxi-job"}},
+        "spec": {
+            "schedule": schedule,
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {
+                "metadata": {
+                    "labels": {"app.kubernetes.io/name": "taxi-job",
+                               "app.kubernetes.io/component": command},
+                    "annotations": {"taxi-job/docs": "docs/launcher.md"},
+                },
+                "spec": {
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": 3600,
+                    "podFailurePolicy": {"rules": [{
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "taxi-job", "operator": "In",
+                                        "values": [2, 3]},
+                    }]},
+                    "template": {
+                        "metadata": {"labels": {"app.kubernetes.io/name": "taxi-job",
+                                                "app.kubernetes.io/component": command}},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{
+                                "name": "taxi-job",
+                                "image": "taxi-job:test",
+                                "args": [command],
+                                "envFrom": [{"configMapRef": {"name": "taxi-job-settings"}}],
+                                "env": [{"name": "TAXI_JOB_TERMINATION_LOG",
+                                         "value": "/dev/termination-log"}],
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }],
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def make_job(
+    name: str, command: str = "train", *, trigger: str = "scheduled", state: str = "running",
+    start: str = "2025-01-05T00:00:00Z", end: str = "2025-01-05T00:02:05Z",
+    reason: str | None = None, message: str | None = None,
+) -> dict[str, Any]:
+    """A Job of the ``command`` CronJob, in the given state."""
+    metadata: dict[str, Any] = {
+        "name": name, "namespace": NS, "creationTimestamp": start, "resourceVersion": "1",
+        "labels": {"app.kubernetes.io/component": command},
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": command,
+                             "uid": "uid-of-cronjob", "controller": True}],
+    }
+    if trigger == "manual":
+        metadata["annotations"] = {"cronjob.kubernetes.io/instantiate": "manual"}
+    status: dict[str, Any] = {"startTime": start}
+    if state == "running":
+        status["active"] = 1
+    elif state == "succeeded":
+        status.update(succeeded=1, completionTime=end, conditions=[
+            {"type": "Complete", "status": "True", "lastTransitionTime": end}])
+    elif state == "failed":
+        status.update(failed=1, conditions=[{
+            "type": "Failed", "status": "True", "lastTransitionTime": end,
+            "reason": reason or "BackoffLimitExceeded",
+            "message": message or "Job has reached the specified backoff limit"}])
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+            "spec": {"template": {"spec": {"containers": []}}}, "status": status}
+
+
+def make_pod(
+    job: str, *, phase: str = "Succeeded", message: str | None = None, exit_code: int = 0,
+    name: str | None = None, created: str = "2025-01-05T00:00:01Z",
+) -> dict[str, Any]:
+    """A pod of ``job`` whose ``taxi-job`` container ended with ``message``."""
+    status: dict[str, Any] = {"phase": phase}
+    if phase in ("Succeeded", "Failed"):
+        terminated: dict[str, Any] = {"exitCode": exit_code}
+        if message is not None:
+            terminated["message"] = message
+        status["containerStatuses"] = [{
+            "name": "taxi-job", "image": "taxi-job:test", "imageID": "", "ready": False,
+            "restartCount": 0, "state": {"terminated": terminated}}]
+    elif phase == "Running":
+        status["containerStatuses"] = [{
+            "name": "taxi-job", "image": "taxi-job:test", "imageID": "", "ready": True,
+            "restartCount": 0, "state": {"running": {"startedAt": created}}}]
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name or f"{job}-abcde", "namespace": NS,
+                     "creationTimestamp": created,
+                     "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
+        "spec": {"containers": [{"name": "taxi-job", "image": "taxi-job:test"}]},
+        "status": status,
+    }
+
+
+class FakeController:
+    """Plays the Job controller and kubelet for a launched Job, through the API (so watches
+    see the changes): a pod starts, runs, and ends as told."""
+
+    def __init__(self, fake: FakeCluster, *, outcome: str = "succeeded",
+                 message: str | None = None, exit_code: int = 0, reason: str | None = None,
+                 failure: str | None = None, delay: float = 0.2) -> None:
+        self.fake, self.outcome, self.message = fake, outcome, message
+        self.exit_code, self.reason, self.failure, self.delay = exit_code, reason, failure, delay
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="fake-controller", daemon=True)
+
+    def __enter__(self) -> FakeController:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(20)
+        if self.error is not None:
+            raise self.error
+
+    def _job_name(self) -> str:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            jobs = self.fake.batch.list_namespaced_job(NS).items
+            manual = [j.metadata.name for j in jobs if "-manual-" in j.metadata.name]
+            if manual:
+                return str(manual[0])
+            time.sleep(0.05)
+        raise AssertionError("no Job was created")
+
+    def _run(self) -> None:
+        try:
+            name = self._job_name()
+            core, batch = self.fake.core, self.fake.batch
+            pod = make_pod(name, phase="Running")
+            core.create_namespaced_pod(NS, pod)
+            running = {"active": 1, "startTime": "2025-01-05T00:00:00Z"}
+            batch.patch_namespaced_job_status(name, NS, {"status": running})
+            time.sleep(self.delay)
+            if self.outcome == "hang":
+                return
+            phase = "Succeeded" if self.outcome == "succeeded" else "Failed"
+            ended = make_pod(name, phase=phase, message=self.message, exit_code=self.exit_code)
+            core.patch_namespaced_pod_status(pod["metadata"]["name"], NS,
+                                             {"status": ended["status"]})
+            final = make_job(name, state=self.outcome, reason=self.reason, message=self.failure)
+            final["status"]["active"] = 0
+            batch.patch_namespaced_job_status(name, NS, {"status": final["status"]})
+        except BaseException as exc:  # reported in __exit__
+            self.error = exc
