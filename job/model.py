@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-#: Zone ids in [-1, DENSE_SPAN - 2] are accumulated in a dense table (fast); others sparsely.
-DENSE_SPAN = 1024
+#: Zone ids in [-1, DENSE_SPAN - 2] are accumulated in a dense table (fast, and small enough
+#: to stay in cache: TLC zones are 1..265); other ids sparsely.
+DENSE_SPAN = 512
 
 
 @dataclass(frozen=True)

@@ -207,23 +207,38 @@ def check_schema(source: Source, schema: pa.Schema, columns: tuple[str, ...]) ->
             )
 
 
+def _numpy(column: pa.ChunkedArray | pa.Array, fill: int | float) -> np.ndarray:
+    """A fixed-width column as int64 or float64 numpy values, nulls replaced by ``fill``.
+
+    Reads the arrow buffers directly: pyarrow's ``to_numpy`` and ``pa.scalar`` import
+    pandas when it is installed, which costs more than reading the column."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    floating = pa.types.is_floating(array.type)
+    array = array.cast(pa.float64() if floating else pa.int64())  # a no-op when it is already
+    validity, data = array.buffers()[:2]
+    values = np.frombuffer(data, np.float64 if floating else np.int64, len(array), array.offset * 8)
+    if array.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
+        valid = bits[array.offset : array.offset + len(array)].astype(bool)
+        values = np.where(valid, values, fill)
+    return values
+
+
 def _timestamps_us(column: pa.ChunkedArray) -> np.ndarray:
     """Microseconds since the epoch as int64, whatever the file's unit; null as NaT."""
     if column.type.unit != "us":
         column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
-    return column.cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()  # type: ignore[no-any-return]
+    return _numpy(column.cast(pa.int64()), np.iinfo(np.int64).min)
 
 
 def _zones(source: Source, name: str, column: pa.ChunkedArray) -> np.ndarray:
     """A zone column as int64 with null as -1 (the seed's ``fillna(-1).astype(int)``)."""
     if pa.types.is_floating(column.type):
-        values = column.fill_null(-1).to_numpy()
+        values = _numpy(column, -1.0)
         if not np.all(np.isfinite(values)) or np.any(values != np.floor(values)):
-            raise BadInputError(
-                f"{source.uri}: column {name} holds values that are not whole numbers"
-            )
-        return values.astype(np.int64)  # type: ignore[no-any-return]
-    return column.fill_null(-1).cast(pa.int64()).to_numpy()  # type: ignore[no-any-return]
+            raise BadInputError(f"{source.uri}: column {name} holds values that are not whole numbers")
+        return values.astype(np.int64)
+    return _numpy(column, -1)
 
 
 def iter_batches(
