@@ -236,7 +236,9 @@ def _zones(source: Source, name: str, column: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_floating(column.type):
         values = _numpy(column, -1.0)
         if not np.all(np.isfinite(values)) or np.any(values != np.floor(values)):
-            raise BadInputError(f"{source.uri}: column {name} holds values that are not whole numbers")
+            raise BadInputError(
+                f"{source.uri}: column {name} holds values that are not whole numbers"
+            )
         return values.astype(np.int64)
     return _numpy(column, -1)
 

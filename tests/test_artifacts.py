@@ -60,10 +60,12 @@ def test_a_truncated_artifact_is_refused(tmp_path):
 
 
 def test_second_training_fails_clearly_on_the_lock(tmp_path):
-    with artifacts.training_lock(tmp_path):
-        with pytest.raises(TransientError, match=r"another training holds the lock \(pid \d+"):
-            with artifacts.training_lock(tmp_path, timeout_s=0.3):
-                pass
+    with (
+        artifacts.training_lock(tmp_path),
+        pytest.raises(TransientError, match=r"another training holds the lock \(pid \d+"),
+        artifacts.training_lock(tmp_path, timeout_s=0.3),
+    ):
+        pass
     with artifacts.training_lock(tmp_path):  # released: free again
         pass
 
