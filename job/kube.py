@@ -133,6 +133,11 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
             "pass --kubeconfig, set KUBECONFIG, or run inside a pod"
         )
     setattr(configuration, _IDENTITY_ATTR, identity)
+    # urllib3 warns at each retry of a refused connection; the failure is reported once, as
+    # one line (with -vv the warnings show again).
+    pool_logger = logging.getLogger("urllib3.connectionpool")
+    if pool_logger.getEffectiveLevel() >= logging.WARNING:
+        pool_logger.setLevel(logging.ERROR)
     api_client = client.ApiClient(configuration)
     logger.debug("using the API server %s as %s", configuration.host, identity)
     return Cluster(
