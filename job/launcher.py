@@ -35,7 +35,6 @@ from typing import Any
 from job.errors import EXIT_TRANSIENT, BadInputError, TaxiJobError
 from job.kube import BatchV1Api, CoreV1Api, V1CronJob, V1Job, V1Pod, api_call, explain
 from job.runs import (
-    CONTAINER,
     INSTANTIATE_ANNOTATION,
     LAUNCHED_BY_ANNOTATION,
     TRIGGER_LABEL,
@@ -43,6 +42,7 @@ from job.runs import (
     command_of,
     is_job_pod,
     job_state,
+    pick_container,
     pod_for_result,
     started_at,
     termination_summary,
@@ -152,11 +152,9 @@ def build_job(
 def _set_env(containers: Sequence[Any], settings: Mapping[str, str]) -> None:
     from kubernetes import client
 
-    target = next((c for c in containers if c.name == CONTAINER), None)
-    if target is None and len(containers) == 1:
-        target = containers[0]
+    target = pick_container(containers)
     if target is None:
-        raise BadInputError(f"the CronJob has no container named {CONTAINER!r} to --set on")
+        raise BadInputError("the CronJob's pod template has no container to --set on")
     env = [e for e in (target.env or []) if e.name not in settings]
     env.extend(client.V1EnvVar(name=k, value=v) for k, v in settings.items())
     target.env = env
@@ -274,7 +272,7 @@ def list_job_pods(core: CoreV1Api, namespace: str, name: str) -> list[V1Pod]:
 
 def follow_log(
     core: CoreV1Api, namespace: str, pod: str, on_line: Callable[[str], None],
-    container: str = CONTAINER,
+    container: str | None = None,
 ) -> None:
     """Stream the container's log to ``on_line`` until the container ends."""
     with api_call(core, "get", "pods/log", name=pod, namespace=namespace):
@@ -306,19 +304,21 @@ class _LogFollowers:
         for pod in pods:
             name = pod.metadata.name
             if name not in self.threads and _started(pod):
+                container = pick_container(pod.spec.containers if pod.spec else [])
                 thread = threading.Thread(
-                    target=self._follow, args=(name,), name=f"logs-{name}", daemon=True
+                    target=self._follow, args=(name, container.name if container else None),
+                    name=f"logs-{name}", daemon=True,
                 )
                 self.threads[name] = thread
                 thread.start()
 
-    def _follow(self, pod: str) -> None:
+    def _follow(self, pod: str, container: str | None) -> None:
         def locked(line: str) -> None:
             with self.lock:
                 self.on_line(line)
 
         try:
-            follow_log(self.core, self.namespace, pod, locked)
+            follow_log(self.core, self.namespace, pod, locked, container)
         except TaxiJobError as exc:  # logs are a courtesy: the Job's result still counts
             logger.warning("cannot follow the log of pod %s: %s", pod, exc)
         except Exception as exc:  # noqa: BLE001 - a broken stream must not end the wait

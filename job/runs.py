@@ -17,8 +17,9 @@ from job.kube import BatchV1Api, CoreV1Api, V1Job, V1Pod, api_call
 
 #: The CronJobs (and commands) whose Jobs make up the history.
 COMMANDS = ("train", "infer")
-#: The container that runs ``taxi-job`` in the CronJobs' pod template.
-CONTAINER = "taxi-job"
+#: The container that runs ``taxi-job`` in a CronJob's pod template: one of these names
+#: (the manifests name it after the command), else the pod's first container.
+CONTAINERS = ("taxi-job", *COMMANDS)
 #: The annotation ``kubectl create job --from=cronjob/...`` sets, and so do we.
 INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 #: Our own label on a Job launched by hand (``manual``).
@@ -98,13 +99,17 @@ def is_job_pod(pod: V1Pod, job_name: str) -> bool:
     )
 
 
-def termination_summary(pod: V1Pod, container: str = CONTAINER) -> dict[str, Any]:
+def pick_container(items: Sequence[Any]) -> Any:
+    """Of containers (or their statuses), the one that runs ``taxi-job``."""
+    chosen = next((c for c in items if c.name in CONTAINERS), None)
+    return chosen if chosen is not None else (items[0] if items else None)
+
+
+def termination_summary(pod: V1Pod) -> dict[str, Any]:
     """The JSON summary the run wrote to its termination message; a message that is not a
     JSON object (a log tail, with ``FallbackToLogsOnError``) becomes ``{"message": ...}``."""
     statuses = (pod.status.container_statuses or []) if pod.status is not None else []
-    chosen = next((s for s in statuses if s.name == container), None)
-    if chosen is None and len(statuses) == 1:
-        chosen = statuses[0]
+    chosen = pick_container(statuses)
     if chosen is None:
         return {}
     terminated = None

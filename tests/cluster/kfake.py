@@ -133,7 +133,7 @@ def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict
                     "activeDeadlineSeconds": 3600,
                     "podFailurePolicy": {"rules": [{
                         "action": "FailJob",
-                        "onExitCodes": {"containerName": "taxi-job", "operator": "In",
+                        "onExitCodes": {"containerName": command, "operator": "In",
                                         "values": [2, 3]},
                     }]},
                     "template": {
@@ -142,7 +142,7 @@ def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict
                         "spec": {
                             "restartPolicy": "Never",
                             "containers": [{
-                                "name": "taxi-job",
+                                "name": command,
                                 "image": "taxi-job:test",
                                 "args": [command],
                                 "envFrom": [{"configMapRef": {"name": "taxi-job-settings"}}],
@@ -189,27 +189,31 @@ def make_job(
 
 def make_pod(
     job: str, *, phase: str = "Succeeded", message: str | None = None, exit_code: int = 0,
-    name: str | None = None, created: str = "2025-01-05T00:00:01Z",
+    name: str | None = None, created: str = "2025-01-05T00:00:01Z", container: str = "",
 ) -> dict[str, Any]:
-    """A pod of ``job`` whose ``taxi-job`` container ended with ``message``."""
+    """A pod of ``job`` whose container (named after the command, as in the manifests)
+    ended with ``message``."""
+    container = container or job.split("-")[0]
     status: dict[str, Any] = {"phase": phase}
     if phase in ("Succeeded", "Failed"):
         terminated: dict[str, Any] = {"exitCode": exit_code}
         if message is not None:
             terminated["message"] = message
         status["containerStatuses"] = [{
-            "name": "taxi-job", "image": "taxi-job:test", "imageID": "", "ready": False,
+            "name": container, "image": "taxi-job:test", "imageID": "", "ready": False,
             "restartCount": 0, "state": {"terminated": terminated}}]
     elif phase == "Running":
         status["containerStatuses"] = [{
-            "name": "taxi-job", "image": "taxi-job:test", "imageID": "", "ready": True,
+            "name": container, "image": "taxi-job:test", "imageID": "", "ready": True,
             "restartCount": 0, "state": {"running": {"startedAt": created}}}]
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name or f"{job}-abcde", "namespace": NS,
                      "creationTimestamp": created,
                      "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
-        "spec": {"containers": [{"name": "taxi-job", "image": "taxi-job:test"}]},
+        # A sidecar first: the summary and the log are the command's container's.
+        "spec": {"containers": [{"name": "istio-proxy", "image": "proxy"},
+                                {"name": container, "image": "taxi-job:test"}]},
         "status": status,
     }
 

@@ -152,6 +152,9 @@ def test_wait_follows_the_job_to_success_with_logs(fake: FakeCluster) -> None:
     assert result.state == "succeeded"
     assert result.summary == {"model_version": "v7", "rmse_eval": 4.2}
     assert lines == ["reading 2 files", "trained on 1000 rows"]
+    [log] = [r for r in fake.requests("get") if r.subresource == "log"]
+    assert log.params["container"] == "train"  # not the sidecar listed first
+    assert log.params["follow"] == "true"
     assert progress[0].state == "pending"
     assert progress[-1].state == "succeeded"
     assert "running" in {p.state for p in progress}
