@@ -118,7 +118,7 @@ def resolve(uri: str, *, allow_empty: bool = False) -> list[Source]:
         return [
             Source(_display(uri, i.path), i.path, fs) for i in sorted(files, key=lambda i: i.path)
         ]
-    info = _retrying(lambda: fs.get_file_info(path), uri)
+    info = _retrying(lambda: _file_info(fs, path, uri), uri)
     if info.type == pafs.FileType.NotFound:
         raise BadInputError(f"{uri}: no such file or directory")
     if info.type == pafs.FileType.Directory:
@@ -137,6 +137,28 @@ def resolve(uri: str, *, allow_empty: bool = False) -> list[Source]:
             raise BadInputError(f"{uri}: the directory holds no .parquet file")
         return [Source(_display(uri, i.path), i.path, fs) for i in files]
     return [Source(uri, path, fs)]
+
+
+def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+    """``fs.get_file_info``, except that over HTTP a server error is not "not found".
+
+    fsspec's HTTP filesystem reports any failed request as a missing file; ask the server
+    once more so that a 5xx or a refused connection is retried rather than reported as
+    bad input.
+    """
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound and uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(urllib.request.Request(uri, method="HEAD"), timeout=30).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500 or exc.code == 429:
+                raise OSError(f"HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, TimeoutError) as exc:
+            raise OSError(str(exc)) from exc
+    return info
 
 
 def _retrying(call: Callable[[], T], uri: str) -> T:
