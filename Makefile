@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Everything goes into a local virtual environment, .venv/.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The demo's folder and size: three synthetic months (train, eval, incoming).
+DEMO ?= local/demo
+ROWS ?= 300000
+
+.PHONY: install demo test lint bench clean-demo
+
+$(BIN)/taxi-job: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/taxi-job
+
+demo: install
+	$(BIN)/taxi-job sample-data --month 2021-01 --rows $(ROWS) $(DEMO)/data
+	$(BIN)/taxi-job sample-data --month 2021-02 --rows $(ROWS) $(DEMO)/data
+	$(BIN)/taxi-job sample-data --month 2021-03 --rows $(ROWS) $(DEMO)/data/incoming
+	$(BIN)/taxi-job train --artifacts $(DEMO)/artifacts \
+		--train-data $(DEMO)/data/yellow_tripdata_2021-01.parquet \
+		--eval-data $(DEMO)/data/yellow_tripdata_2021-02.parquet
+	$(BIN)/taxi-job infer --artifacts $(DEMO)/artifacts --input $(DEMO)/data/incoming
+	@echo "Artifacts in $(DEMO)/artifacts; predictions in $(DEMO)/artifacts/predictions"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check job tests benchmarks
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/run.py --markdown
+
+clean-demo:
+	rm -rf $(DEMO)
