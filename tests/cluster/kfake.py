@@ -24,6 +24,7 @@ NS = "taxi-job"
 JOBS = kmock.resource("batch", "v1", "jobs")
 CRONJOBS = kmock.resource("batch", "v1", "cronjobs")
 PODS = kmock.resource("", "v1", "pods")
+CONTROLLER_AGENT = "fake-controller"
 
 
 class FakeCluster:
@@ -57,6 +58,11 @@ class FakeCluster:
         api_client = client.ApiClient(configuration)
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
+        # The fake Job controller's calls carry their own User-Agent, to tell them apart.
+        controller_client = client.ApiClient(configuration)
+        controller_client.user_agent = CONTROLLER_AGENT
+        self.controller_batch = client.BatchV1Api(controller_client)
+        self.controller_core = client.CoreV1Api(controller_client)
         return self
 
     def stop(self) -> None:
@@ -86,10 +92,13 @@ class FakeCluster:
         self.on_loop(lambda: self.handler.objects.__setitem__(key, copy.deepcopy(obj)))
 
     def requests(self, method: str | None = None, resource: Any = None) -> list[Any]:
+        """The requests the code under test sent (not the fake controller's)."""
+
         def pick() -> list[Any]:
             return [
                 r for r in self.handler
-                if (method is None or r.method == method.upper())
+                if r.headers.get("User-Agent") != CONTROLLER_AGENT
+                and (method is None or r.method == method.upper())
                 and (resource is None or r.resource == resource)
             ]
 
@@ -242,7 +251,7 @@ class FakeController:
     def _job_name(self) -> str:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            jobs = self.fake.batch.list_namespaced_job(NS).items
+            jobs = self.fake.controller_batch.list_namespaced_job(NS).items
             manual = [j.metadata.name for j in jobs if "-manual-" in j.metadata.name]
             if manual:
                 return str(manual[0])
@@ -252,7 +261,7 @@ class FakeController:
     def _run(self) -> None:
         try:
             name = self._job_name()
-            core, batch = self.fake.core, self.fake.batch
+            core, batch = self.fake.controller_core, self.fake.controller_batch
             pod = make_pod(name, phase="Running")
             core.create_namespaced_pod(NS, pod)
             running = {"active": 1, "startTime": "2025-01-05T00:00:00Z"}
