@@ -1,0 +1,422 @@
+"""Benchmark taxi-job against the textbook pipeline (benchmarks/textbook.py), whole processes
+side by side on the same synthetic months, at the real 2021 row counts and at multiples.
+
+    .venv/bin/python benchmarks/run.py [--scales 1,4] [--workdir DIR] [--repeat N]
+                                       [--quick] [--markdown]
+
+Measures wall time and peak RSS (the child's ru_maxrss from wait4) of each process, and
+compares the RMSE on the evaluation month and the predictions. Targets are printed next
+to the numbers ("MISSED" when missed); the exit status is 0 unless something crashed,
+because the machine is shared and the numbers are for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+TAXI_JOB = str(BIN / "taxi-job")
+TEXTBOOK = [sys.executable, str(HERE / "textbook.py")]
+
+#: Rows of the TLC's yellow-taxi 2021 files: train, eval, inference.
+MONTHS = {"2021-01": 1_369_769, "2021-02": 1_371_709, "2021-03": 1_925_152}
+TRAIN, EVAL, INFER = MONTHS
+
+TARGET_TRAIN_SPEEDUP = 50.0
+TARGET_INFER_SPEEDUP = 20.0
+TARGET_RSS_GROWTH = 1.3
+ENV_VARS = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OMP_THREAD_LIMIT",
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """One finished child process."""
+
+    seconds: float
+    max_rss_kib: int
+    summary: dict[str, Any]
+
+
+@dataclass
+class Runs:
+    """Every run of one pipeline step at one scale."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def rss_mib(self) -> float:
+        return max(r.max_rss_kib for r in self.runs) / 1024
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.runs[-1].summary
+
+    def samples(self) -> str:
+        return ", ".join(f"{r.seconds:.2f}" for r in self.runs)
+
+
+def measure(cmd: list[str], cwd: Path) -> Run:
+    """Run ``cmd`` to completion; its wall time, peak RSS and the JSON on its last stdout line."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        # wait4, not Popen.wait: it hands back this child's own rusage (ru_maxrss in KiB).
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{stderr[-4000:]}{stdout[-2000:]}"
+        )
+    lines = stdout.strip().splitlines()
+    return Run(seconds, usage.ru_maxrss, json.loads(lines[-1]) if lines else {})
+
+
+def data_for(scale: int, workdir: Path) -> dict[str, Path]:
+    """The three months at ``scale`` times the real row counts, generated with the project's
+    CLI once and reused while the row counts match."""
+    folder = workdir / f"x{scale}" / "data"
+    paths = {}
+    for month, rows in MONTHS.items():
+        path = folder / f"yellow_tripdata_{month}.parquet"
+        wanted = rows * scale
+        try:
+            have = pq.read_metadata(path).num_rows
+        except (OSError, ValueError):
+            have = None
+        if have != wanted:
+            log(f"generating {path} ({wanted:,} rows)")
+            subprocess.run(
+                [
+                    TAXI_JOB,
+                    "sample-data",
+                    "--month",
+                    month,
+                    "--rows",
+                    str(wanted),
+                    str(folder),
+                    "-q",
+                    "--output-format",
+                    "json",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        paths[month] = path
+    return paths
+
+
+def interleave(fast: int, slow: int) -> list[str]:
+    """An order of ``fast`` taxi-job runs and ``slow`` textbook runs that spreads the slow
+    ones among the fast ones, so a burst of load on the shared machine hits both."""
+    order = ["taxi-job"] * fast
+    for k in reversed(range(slow)):
+        order.insert(round((k + 0.5) * fast / slow), "textbook")
+    return order
+
+
+@dataclass
+class Scale:
+    scale: int
+    rows: dict[str, int]
+    train_tb: Runs = field(default_factory=Runs)
+    train_tj: Runs = field(default_factory=Runs)
+    infer_tb: Runs = field(default_factory=Runs)
+    infer_tj: Runs = field(default_factory=Runs)
+    max_abs_diff: float = float("nan")
+    mean_abs_diff: float = float("nan")
+
+
+def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> Scale:
+    data = data_for(scale, workdir)
+    base = workdir / f"x{scale}"
+    tj_dir, tb_dir = base / "taxi-job", base / "textbook"
+    result = Scale(scale, {m: n * scale for m, n in MONTHS.items()})
+    cwd = base
+    train_tj = [
+        TAXI_JOB,
+        "train",
+        "--train-data",
+        str(data[TRAIN]),
+        "--eval-data",
+        str(data[EVAL]),
+        "--artifacts",
+        str(tj_dir),
+        "--output-format",
+        "json",
+        "-q",
+    ]
+    train_tb = [*TEXTBOOK, "train", str(data[TRAIN]), str(data[EVAL]), str(tb_dir)]
+    infer_tj = [
+        TAXI_JOB,
+        "infer",
+        "--input",
+        str(data[INFER]),
+        "--artifacts",
+        str(tj_dir),
+        "--force",
+        "--output-format",
+        "json",
+        "-q",
+    ]
+    infer_tb = [*TEXTBOOK, "infer", str(data[INFER]), str(tb_dir)]
+
+    for who in interleave(repeat, textbook_runs):
+        if who == "taxi-job":
+            # A fresh artifacts folder each time: every run does the same work.
+            shutil.rmtree(tj_dir, ignore_errors=True)
+            result.train_tj.runs.append(run := measure(train_tj, cwd))
+        else:
+            shutil.rmtree(tb_dir, ignore_errors=True)
+            result.train_tb.runs.append(run := measure(train_tb, cwd))
+        log(f"{scale}x train {who}: {run.seconds:.2f} s, {run.max_rss_kib / 1024:.0f} MiB")
+    for who in interleave(repeat, textbook_runs):
+        runs, cmd = (
+            (result.infer_tj, infer_tj) if who == "taxi-job" else (result.infer_tb, infer_tb)
+        )
+        runs.runs.append(run := measure(cmd, cwd))
+        log(f"{scale}x infer {who}: {run.seconds:.2f} s, {run.max_rss_kib / 1024:.0f} MiB")
+
+    # Same rows, same order, predictions close: the two jobs did the same thing.
+    name = data[INFER].name
+    mine = pq.read_table(tj_dir / "predictions" / name, columns=["row", "predicted_duration"])
+    theirs = pq.read_table(tb_dir / "predictions" / name, columns=["row", "predicted_duration"])
+    if mine.num_rows != theirs.num_rows or mine["row"] != theirs["row"]:
+        raise RuntimeError(f"{scale}x: the two prediction files do not have the same rows")
+    diff = np.abs(mine["predicted_duration"].to_numpy() - theirs["predicted_duration"].to_numpy())
+    result.max_abs_diff, result.mean_abs_diff = float(diff.max()), float(diff.mean())
+    return result
+
+
+def context() -> list[tuple[str, str]]:
+    """The machine and the BLAS/thread settings both pipelines run under."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    items = [
+        ("date", time.strftime("%Y-%m-%d %H:%M %Z")),
+        ("cpu", model),
+        ("nproc", f"{len(os.sched_getaffinity(0))} usable of {os.cpu_count()}"),
+        ("load average", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("python", platform.python_version()),
+    ]
+    for var in ENV_VARS:
+        value = os.environ.get(var)
+        items.append((var, "not set" if value is None else f"set: {value}"))
+    # Ask a child with the same environment, after importing what the pipelines import.
+    probe = (
+        "import json, numpy, scipy, sklearn, pandas, pyarrow\n"
+        "import scipy.sparse.linalg, sklearn.linear_model\n"
+        "info = {'versions': {m.__name__: m.__version__ for m in "
+        "(numpy, scipy, sklearn, pandas, pyarrow)},\n"
+        "        'arrow': [pyarrow.cpu_count(), pyarrow.io_thread_count()]}\n"
+        "try:\n"
+        "    from threadpoolctl import threadpool_info\n"
+        "    info['pools'] = [f\"{p['internal_api']} {p.get('version')} \"\n"
+        "                     f\"{p.get('architecture')} threads={p['num_threads']}\"\n"
+        "                     for p in threadpool_info()]\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "print(json.dumps(info))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+        ).stdout
+        info = json.loads(out)
+        items.append(("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())))
+        items.append(("arrow threads", "cpu {} / io {}".format(*info["arrow"])))
+        if "pools" in info:
+            items.append(("threadpools", "; ".join(info["pools"]) or "none"))
+        else:
+            items.append(("threadpools", "threadpoolctl not installed"))
+    except (subprocess.CalledProcessError, ValueError, KeyError) as exc:
+        items.append(("threadpools", f"probe failed: {exc}"))
+    return items
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]:
+    header = ["", *(f"{s.scale}×" for s in scales), "target"]
+    rows: list[list[str]] = []
+
+    def row(label: str, values: list[str], target: str = "") -> None:
+        rows.append([label, *values, target])
+
+    row(
+        "rows train / eval / infer", [" / ".join(f"{n:,}" for n in s.rows.values()) for s in scales]
+    )
+    row("train: textbook s", [f"{s.train_tb.seconds:.1f}" for s in scales])
+    row(f"train: taxi-job s (median of {repeat})", [f"{s.train_tj.seconds:.2f}" for s in scales])
+    speed = [s.train_tb.seconds / s.train_tj.seconds for s in scales]
+    row(
+        "train speed-up",
+        [f"{x:.0f}× {verdict(x >= TARGET_TRAIN_SPEEDUP)}" for x in speed],
+        f"≥ {TARGET_TRAIN_SPEEDUP:.0f}×",
+    )
+    row("infer: textbook s", [f"{s.infer_tb.seconds:.1f}" for s in scales])
+    row(f"infer: taxi-job s (median of {repeat})", [f"{s.infer_tj.seconds:.2f}" for s in scales])
+    speed = [s.infer_tb.seconds / s.infer_tj.seconds for s in scales]
+    row(
+        "infer speed-up",
+        [f"{x:.1f}× {verdict(x >= TARGET_INFER_SPEEDUP)}" for x in speed],
+        f"≥ {TARGET_INFER_SPEEDUP:.0f}×",
+    )
+    row("train peak RSS MiB: textbook", [f"{s.train_tb.rss_mib:,.0f}" for s in scales])
+    row("train peak RSS MiB: taxi-job", [f"{s.train_tj.rss_mib:,.0f}" for s in scales])
+    row("infer peak RSS MiB: textbook", [f"{s.infer_tb.rss_mib:,.0f}" for s in scales])
+    row("infer peak RSS MiB: taxi-job", [f"{s.infer_tj.rss_mib:,.0f}" for s in scales])
+    base = next((s for s in scales if s.scale == 1), None)
+    if base is not None:
+        for step in ("train", "infer"):
+            growth = []
+            for s in scales:
+                if s is base:
+                    growth.append("1.00")
+                    continue
+                x = getattr(s, f"{step}_tj").rss_mib / getattr(base, f"{step}_tj").rss_mib
+                growth.append(f"{x:.2f} {verdict(x <= TARGET_RSS_GROWTH)}")
+            row(f"taxi-job {step} RSS / RSS(1×)", growth, f"≤ {TARGET_RSS_GROWTH}")
+    row("RMSE eval: textbook", [f"{s.train_tb.summary['rmse_eval']:.6f}" for s in scales])
+    row("RMSE eval: taxi-job", [f"{s.train_tj.summary['rmse_eval']:.6f}" for s in scales])
+    diffs = [s.train_tj.summary["rmse_eval"] - s.train_tb.summary["rmse_eval"] for s in scales]
+    row("RMSE eval: taxi-job − textbook", [f"{d:+.2e} {verdict(d <= 0)}" for d in diffs], "≤ 0")
+    row(
+        "predictions |taxi-job − textbook| max / mean (min)",
+        [f"{s.max_abs_diff:.3f} / {s.mean_abs_diff:.1e}" for s in scales],
+    )
+    return header, rows
+
+
+def render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        out.append("  ".join(cells))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", default="1,4", help="row-count multiples (default 1,4)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=HERE / "out",
+        help="data and outputs; generated data is reused (default benchmarks/out)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="taxi-job runs per step; the median counts (default 5)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the textbook once per step at every scale (default twice at 1×)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args(argv)
+    scales = [int(s) for s in args.scales.split(",") if s.strip()]
+    if not scales or min(scales) < 1 or args.repeat < 1:
+        parser.error("--scales takes positive integers, --repeat at least 1")
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    ctx = context()
+    started = time.time()
+    results = []
+    for scale in scales:
+        textbook_runs = 1 if args.quick or scale > 1 else 2
+        results.append(bench_scale(scale, workdir, args.repeat, textbook_runs))
+    ctx.append(("load average after", " ".join(f"{x:.2f}" for x in os.getloadavg())))
+    ctx.append(("benchmark took", f"{time.time() - started:.0f} s"))
+
+    header, rows = table(results, args.repeat)
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
+        print(f"Command: `{command.strip()}`\n")
+        print("\n".join(f"- {k}: {v}" for k, v in ctx))
+    else:
+        width = max(len(k) for k, _ in ctx)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in ctx))
+    print()
+    print(render(header, rows, args.markdown))
+    print()
+    for s in results:
+        print(
+            f"{s.scale}× samples (s): train taxi-job [{s.train_tj.samples()}], "
+            f"textbook [{s.train_tb.samples()}]; infer taxi-job [{s.infer_tj.samples()}], "
+            f"textbook [{s.infer_tb.samples()}]"
+        )
+        if args.markdown:
+            print()
+    raw = {
+        "command": command,
+        "context": dict(ctx),
+        "scales": {
+            s.scale: {
+                step: [r.__dict__ for r in getattr(s, step).runs]
+                for step in ("train_tb", "train_tj", "infer_tb", "infer_tj")
+            }
+            for s in results
+        },
+    }
+    (workdir / "results.json").write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
