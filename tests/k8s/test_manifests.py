@@ -45,7 +45,7 @@ def container_env(container: Manifest, by_kind_name: GetObject) -> dict[str, str
         configmap = by_kind_name("ConfigMap", source["configMapRef"]["name"])
         env.update(configmap["data"])
     for item in container.get("env", []):
-        env[item["name"]] = item["value"]
+        env[item["name"]] = item.get("value", "")  # valueFrom: known only in the cluster
     return env
 
 
@@ -77,7 +77,7 @@ def test_schedules(by_kind_name: GetObject, name: str, schedule: str) -> None:
     assert spec["timeZone"] == "Etc/UTC"
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec.get("suspend", False) is False
-    assert 10 <= spec["startingDeadlineSeconds"]
+    assert spec["startingDeadlineSeconds"] >= 10
     assert spec["successfulJobsHistoryLimit"] >= 1
     assert spec["failedJobsHistoryLimit"] >= 1
 
