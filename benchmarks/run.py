@@ -323,7 +323,7 @@ def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]
     diffs = [s.train_tj.summary["rmse_eval"] - s.train_tb.summary["rmse_eval"] for s in scales]
     row("RMSE eval: taxi-job − textbook", [f"{d:+.2e} {verdict(d <= 0)}" for d in diffs], "≤ 0")
     row(
-        "predictions |taxi-job − textbook| max / mean (min)",
+        "predictions: abs(taxi-job − textbook) max / mean (min)",
         [f"{s.max_abs_diff:.3f} / {s.mean_abs_diff:.1e}" for s in scales],
     )
     return header, rows
@@ -335,7 +335,7 @@ def render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
             "| " + " | ".join(header) + " |",
             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
         ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     out = []
