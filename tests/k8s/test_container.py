@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from job import __version__
 from job.errors import EXIT_NO_MODEL, EXIT_OK
 
 from .conftest import ROOT, Manifest, find_tool, job_spec, missing, pod_spec
@@ -196,3 +198,42 @@ def test_seed_train_infer_on_one_volume(
     run = run_container(infer, "infer", volume)
     assert run.returncode == EXIT_OK, run.stderr
     assert run.summary()["rows_predicted"] == 0
+
+
+PROBE = """
+import importlib.metadata as md, json, os, shutil, sys
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(),
+    "python": list(sys.version_info[:2]),
+    "distributions": {d.metadata["Name"].lower().replace("_", "-"): d.version
+                      for d in md.distributions()},
+    "build_tools": [t for t in ("gcc", "cc", "make") if shutil.which(t)],
+    "venv_pip": os.path.exists(os.path.join(sys.prefix, "bin", "pip")),
+}))
+"""
+
+
+def test_image_holds_the_locked_dependencies_and_no_build_tools(image: str) -> None:
+    podman = find_tool("podman")
+    result = subprocess.run(
+        [podman, "run", "--rm", "--network=none", "--pull=never", "--read-only",
+         "--entrypoint", "python3", image, "-c", PROBE],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    probe = json.loads(result.stdout)
+    assert (probe["uid"], probe["gid"]) == (10001, 10001)
+    assert probe["python"] == [3, 11]
+    assert probe["build_tools"] == []
+    assert probe["venv_pip"] is False
+
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE))
+    installed = probe["distributions"]
+    for name, version in pinned.items():
+        assert installed.get(name.lower()) == version, name
+    # nothing but the lock and the project itself
+    assert set(installed) - {n.lower() for n in pinned} == {"taxi-job"}
+
+    version = subprocess.run([podman, "run", "--rm", "--pull=never", image, "--version"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    assert version.strip() == f"taxi-job, version {__version__}"
