@@ -25,6 +25,9 @@ RUN /opt/taxi-job/bin/pip install --no-deps /src \
     && /opt/taxi-job/bin/taxi-job --version
 
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="taxi-job" \
+      org.opencontainers.image.description="Train and serve the NYC-taxi trip-duration model as Kubernetes batch Jobs" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # Only the venv comes from the builder. The data volume's mount point belongs to the
 # numeric user, so a fresh docker or podman named volume mounted there is writable too
 # (on Kubernetes the pod's fsGroup does that).
