@@ -12,6 +12,7 @@ import click
 import pytest
 import yaml
 
+from job import __version__
 from job.cli import cli
 from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL, EXIT_TRANSIENT, EXIT_UNEXPECTED
 
@@ -145,7 +146,7 @@ def test_labels_reach_the_pod_templates(workloads: list[Manifest]) -> None:
             assert labels["app.kubernetes.io/name"] == "taxi-job"
             assert labels["app.kubernetes.io/part-of"] == "taxi-job"
             assert labels["app.kubernetes.io/component"] == name
-            assert re.fullmatch(r"\d+\.\d+\.\d+", labels["app.kubernetes.io/version"])
+            assert labels["app.kubernetes.io/version"] == __version__
 
 
 def dockerfile_user() -> tuple[int, int]:
