@@ -48,12 +48,20 @@ class PairAccumulator:
     _dense: np.ndarray = field(default_factory=lambda: np.zeros((3, DENSE_SPAN * DENSE_SPAN)))
     _sparse: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
-    def add(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray) -> None:
-        inside = (pu >= -1) & (pu < DENSE_SPAN - 1) & (do >= -1) & (do < DENSE_SPAN - 1)
-        if not inside.all():
+    def add(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray, keep: np.ndarray | None = None) -> None:
+        """Add the rows of ``pu`` and ``do`` selected by ``keep`` (all when None); ``y``
+        holds the targets of just those rows."""
+        lowest = min(int(pu.min(initial=0)), int(do.min(initial=0)))
+        highest = max(int(pu.max(initial=0)), int(do.max(initial=0)))
+        if lowest < -1 or highest > DENSE_SPAN - 2:
+            if keep is not None:
+                pu, do = pu[keep], do[keep]
+            inside = (pu >= -1) & (pu < DENSE_SPAN - 1) & (do >= -1) & (do < DENSE_SPAN - 1)
             self._add_sparse(pu[~inside], do[~inside], y[~inside])
-            pu, do, y = pu[inside], do[inside], y[inside]
+            pu, do, y, keep = pu[inside], do[inside], y[inside], None
         code = (pu + 1) * DENSE_SPAN + (do + 1)
+        if keep is not None:
+            code = code[keep]
         size = DENSE_SPAN * DENSE_SPAN
         self._dense[0] += np.bincount(code, minlength=size)
         self._dense[1] += np.bincount(code, weights=y, minlength=size)

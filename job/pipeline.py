@@ -8,10 +8,12 @@ has been read and checked.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,16 @@ from job.model import PairAccumulator, PairStats, fit, rmse
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
+#: Rows per predicted row group.
+PREDICT_ROWS = 1 << 18
+#: Dictionaries where values repeat (zones, a prediction per zone pair, the version) and
+#: delta encoding for row numbers and times: a file 40% smaller, written 40% faster than
+#: with the defaults.
+WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "snappy",
+    "use_dictionary": [reading.PU, reading.DO, "predicted_duration", "model_version"],
+    "column_encoding": {"row": "DELTA_BINARY_PACKED", reading.PICKUP: "DELTA_BINARY_PACKED"},
+}
 META_VERSION = b"taxi_job.model_version"
 META_INPUT = b"taxi_job.input"
 
@@ -73,31 +85,37 @@ class Aggregate:
     fingerprints: list[dict[str, Any]]
 
 
-def durations_minutes(batch: reading.Batch) -> np.ndarray:
-    """Trip durations in minutes; NaN where a timestamp is null."""
-    assert batch.dropoff_us is not None
-    nat = np.iinfo(np.int64).min
-    valid = (batch.pickup_us != nat) & (batch.dropoff_us != nat)
-    minutes = np.full(batch.pickup_us.shape, np.nan)
-    minutes[valid] = (batch.dropoff_us[valid] - batch.pickup_us[valid]) / 60e6
-    return minutes
+def bounds_us(low: float, high: float) -> tuple[int, int]:
+    """The whole microseconds ``d`` with ``low <= d / 60e6 <= high``, as ``[first, last]``:
+    the filter then compares integers, exactly as the seed's float ``between()`` does."""
+    first = math.ceil(low * 60e6) - 2
+    while first / 60e6 < low:
+        first += 1
+    last = math.floor(high * 60e6) + 2
+    while last / 60e6 > high:
+        last -= 1
+    return first, last
 
 
 def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
     """Stream every file of a source into pair statistics of the trips lasting from ``low``
     to ``high`` minutes; raise ``BadInputError`` when no trip is left."""
     accumulator = PairAccumulator()
+    first, last = bounds_us(low, high)
     rows_read = rows_kept = 0
     fingerprints = []
     for source in reading.resolve(uri):
         parquet = reading.open_parquet(source)
         fingerprints.append(reading.fingerprint(source, parquet))
         for batch in reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet):
-            y = durations_minutes(batch)
-            keep = (y >= low) & (y <= high)  # the seed's between(): both ends inclusive
-            accumulator.add(batch.pu[keep], batch.do[keep], y[keep])
-            rows_read += y.size
-            rows_kept += int(keep.sum())
+            assert batch.dropoff_us is not None
+            duration = batch.dropoff_us - batch.pickup_us
+            keep = (duration >= first) & (duration <= last)  # both ends inclusive
+            if batch.times_valid is not None:
+                keep &= batch.times_valid
+            accumulator.add(batch.pu, batch.do, duration[keep] / 60e6, keep)
+            rows_read += duration.size
+            rows_kept += int(np.count_nonzero(keep))
         logger.info("read %s", source.uri, extra={"role": role, "rows_read": rows_read})
     if rows_kept == 0:
         raise BadInputError(
@@ -116,9 +134,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
     started = time.perf_counter()
     low, high = config.min_duration, config.max_duration
-    training = aggregate(config.train_data, low, high, "training")
+    # Evaluation rows are summarised like training rows, before the model exists: the two
+    # files stream at once, on the two cores a pod usually has.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        evaluating = pool.submit(aggregate, config.eval_data, low, high, "evaluation")
+        try:
+            training = aggregate(config.train_data, low, high, "training")
+        finally:
+            evaluation_error = evaluating.exception()
+        if evaluation_error is not None:
+            raise evaluation_error
+        evaluation = evaluating.result()
     model = fit(training.stats)
-    evaluation = aggregate(config.eval_data, low, high, "evaluation")
     metrics = {
         "rmse_train": rmse(model, training.stats),
         "rmse_eval": rmse(model, evaluation.stats),
@@ -182,19 +209,24 @@ def _predict_file(
         },
     )
     rows = 0
-    versions = pa.array([artifact.version], pa.string())
-    with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
-        for batch in reading.iter_batches(source, reading.INFER_COLUMNS, parquet):
+    # From buffers: pa.array() on a Python list imports pandas when it is installed (0.2 s).
+    label = artifact.version.encode()
+    versions = pa.StringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, len(label)], np.int32).tobytes()), pa.py_buffer(label)
+    )
+    with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+        batches = reading.iter_batches(source, reading.INFER_COLUMNS, parquet, PREDICT_ROWS)
+        for batch in batches:
             n = batch.pu.size
             predicted = artifact.model.predict(batch.pu, batch.do)
             table = pa.Table.from_arrays(
                 [
-                    pa.array(np.arange(rows, rows + n, dtype=np.int64)),
-                    batch.table.column(reading.PICKUP),
-                    batch.table.column(reading.PU),
-                    batch.table.column(reading.DO),
-                    pa.array(predicted),
-                    pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), versions),
+                    reading.to_arrow(np.arange(rows, rows + n, dtype=np.int64)),
+                    batch.arrow.column(reading.PICKUP),
+                    batch.arrow.column(reading.PU),
+                    batch.arrow.column(reading.DO),
+                    reading.to_arrow(predicted),
+                    pa.DictionaryArray.from_arrays(reading.to_arrow(np.zeros(n, np.int32)), versions),
                 ],
                 schema=schema,
             )

@@ -62,13 +62,14 @@ class Source:
 
 @dataclass(frozen=True)
 class Batch:
-    """The columns of one row group as numpy arrays; zones have nulls as -1."""
+    """A slice of a file's rows as numpy arrays; zones have nulls as -1."""
 
-    pickup_us: np.ndarray  # int64 microseconds since the epoch (NaT as the minimum int64)
+    pickup_us: np.ndarray  # int64 microseconds since the epoch; 0 where null
     dropoff_us: np.ndarray | None
+    times_valid: np.ndarray | None  # where both times are set; None when none is null
     pu: np.ndarray  # int64
     do: np.ndarray  # int64
-    table: pa.Table  # the arrow columns as read, for writing them back unchanged
+    arrow: pa.RecordBatch  # the columns as read, to write them back unchanged
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -229,31 +230,51 @@ def check_schema(source: Source, schema: pa.Schema, columns: tuple[str, ...]) ->
             )
 
 
-def _numpy(column: pa.ChunkedArray | pa.Array, fill: int | float) -> np.ndarray:
+def _numpy(column: pa.Array, fill: int | float) -> np.ndarray:
     """A fixed-width column as int64 or float64 numpy values, nulls replaced by ``fill``.
 
     Reads the arrow buffers directly: pyarrow's ``to_numpy`` and ``pa.scalar`` import
     pandas when it is installed, which costs more than reading the column."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = column
     floating = pa.types.is_floating(array.type)
-    array = array.cast(pa.float64() if floating else pa.int64())  # a no-op when it is already
-    validity, data = array.buffers()[:2]
+    wanted = pa.float64() if floating else pa.int64()
+    if pa.types.is_timestamp(array.type) and array.type.unit == "us":
+        array = array.view(pa.int64())  # the same 8 bytes; a cast would load pyarrow.compute
+    elif array.type != wanted:
+        array = array.cast(wanted)
+    data = array.buffers()[1]
     values = np.frombuffer(data, np.float64 if floating else np.int64, len(array), array.offset * 8)
     if array.null_count:
-        bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
-        valid = bits[array.offset : array.offset + len(array)].astype(bool)
-        values = np.where(valid, values, fill)
+        values = np.where(_valid(array), values, fill)
     return values
 
 
-def _timestamps_us(column: pa.ChunkedArray) -> np.ndarray:
-    """Microseconds since the epoch as int64, whatever the file's unit; null as NaT."""
+_ARROW_TYPES = {np.dtype(np.int64): pa.int64(), np.dtype(np.int32): pa.int32(), np.dtype(np.float64): pa.float64()}
+
+
+def to_arrow(values: np.ndarray) -> pa.Array:
+    """A numpy array as an arrow array without a copy (and without ``pa.array``, which
+    imports pandas when it is installed)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(_ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
+
+
+def _valid(array: pa.Array) -> np.ndarray:
+    """Where ``array`` is not null, as a numpy bool array (from its validity bitmap)."""
+    if array.null_count == 0:
+        return np.ones(len(array), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
+
+
+def _timestamps_us(column: pa.Array) -> np.ndarray:
+    """Microseconds since the epoch as int64, whatever the file's unit; null as 0."""
     if column.type.unit != "us":
         column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
-    return _numpy(column.cast(pa.int64()), np.iinfo(np.int64).min)
+    return _numpy(column, 0)
 
 
-def _zones(source: Source, name: str, column: pa.ChunkedArray) -> np.ndarray:
+def _zones(source: Source, name: str, column: pa.Array) -> np.ndarray:
     """A zone column as int64 with null as -1 (the seed's ``fillna(-1).astype(int)``)."""
     if pa.types.is_floating(column.type):
         values = _numpy(column, -1.0)
@@ -265,34 +286,48 @@ def _zones(source: Source, name: str, column: pa.ChunkedArray) -> np.ndarray:
     return _numpy(column, -1)
 
 
+#: Rows converted at a time: the temporaries of a batch stay in the CPU's cache and are
+#: reused, and memory does not depend on the file's row-group size.
+BATCH_ROWS = 1 << 16
+
+
 def iter_batches(
-    source: Source, columns: tuple[str, ...], parquet: pq.ParquetFile | None = None
+    source: Source,
+    columns: tuple[str, ...],
+    parquet: pq.ParquetFile | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[Batch]:
-    """Stream a checked file row group by row group; raise ``BadInputError`` for a file with
-    no rows or one that turns out corrupt part-way."""
+    """Stream a checked file in slices of ``batch_rows``; raise ``BadInputError`` for a file
+    with no rows or one that turns out corrupt part-way."""
     parquet = parquet or open_parquet(source)
     check_schema(source, parquet.schema_arrow, columns)
     if parquet.metadata.num_rows == 0:
         raise BadInputError(f"{source.uri}: the file has no rows")
-    for index in range(parquet.num_row_groups):
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
+    while True:
         try:
-            table = parquet.read_row_group(index, columns=list(columns), use_threads=True)
+            arrow = next(batches)
+        except StopIteration:
+            return
         except (pa.ArrowInvalid, ValueError) as exc:
-            raise BadInputError(
-                f"{source.uri}: corrupt or truncated (row group {index}: {exc})"
-            ) from exc
+            raise BadInputError(f"{source.uri}: corrupt or truncated ({exc})") from exc
         except OSError as exc:
             if source.is_local:
-                raise BadInputError(
-                    f"{source.uri}: corrupt or truncated (row group {index}: {exc})"
-                ) from exc
+                raise BadInputError(f"{source.uri}: corrupt or truncated ({exc})") from exc
             raise TransientError(f"{source.uri}: reading failed: {exc}") from exc
-        if table.num_rows == 0:
+        if arrow.num_rows == 0:
             continue
+        times = [arrow.column(c) for c in (PICKUP, DROPOFF) if c in columns]
+        valid = None
+        if any(t.null_count for t in times):
+            valid = np.ones(arrow.num_rows, dtype=bool)
+            for t in times:
+                valid &= _valid(t)
         yield Batch(
-            pickup_us=_timestamps_us(table.column(PICKUP)),
-            dropoff_us=_timestamps_us(table.column(DROPOFF)) if DROPOFF in columns else None,
-            pu=_zones(source, PU, table.column(PU)),
-            do=_zones(source, DO, table.column(DO)),
-            table=table,
+            pickup_us=_timestamps_us(arrow.column(PICKUP)),
+            dropoff_us=_timestamps_us(arrow.column(DROPOFF)) if DROPOFF in columns else None,
+            times_valid=valid,
+            pu=_zones(source, PU, arrow.column(PU)),
+            do=_zones(source, DO, arrow.column(DO)),
+            arrow=arrow,
         )
