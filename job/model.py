@@ -48,7 +48,9 @@ class PairAccumulator:
     _dense: np.ndarray = field(default_factory=lambda: np.zeros((3, DENSE_SPAN * DENSE_SPAN)))
     _sparse: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
-    def add(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray, keep: np.ndarray | None = None) -> None:
+    def add(
+        self, pu: np.ndarray, do: np.ndarray, y: np.ndarray, keep: np.ndarray | None = None
+    ) -> None:
         """Add the rows of ``pu`` and ``do`` selected by ``keep`` (all when None); ``y``
         holds the targets of just those rows."""
         lowest = min(int(pu.min(initial=0)), int(do.min(initial=0)))

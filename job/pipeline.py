@@ -8,8 +8,8 @@ has been read and checked.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import platform
 import time
@@ -226,7 +226,9 @@ def _predict_file(
                     batch.arrow.column(reading.PU),
                     batch.arrow.column(reading.DO),
                     reading.to_arrow(predicted),
-                    pa.DictionaryArray.from_arrays(reading.to_arrow(np.zeros(n, np.int32)), versions),
+                    pa.DictionaryArray.from_arrays(
+                        reading.to_arrow(np.zeros(n, np.int32)), versions
+                    ),
                 ],
                 schema=schema,
             )

@@ -249,14 +249,20 @@ def _numpy(column: pa.Array, fill: int | float) -> np.ndarray:
     return values
 
 
-_ARROW_TYPES = {np.dtype(np.int64): pa.int64(), np.dtype(np.int32): pa.int32(), np.dtype(np.float64): pa.float64()}
+_ARROW_TYPES = {
+    np.dtype(np.int64): pa.int64(),
+    np.dtype(np.int32): pa.int32(),
+    np.dtype(np.float64): pa.float64(),
+}
 
 
 def to_arrow(values: np.ndarray) -> pa.Array:
     """A numpy array as an arrow array without a copy (and without ``pa.array``, which
     imports pandas when it is installed)."""
     values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(_ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(
+        _ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)]
+    )
 
 
 def _valid(array: pa.Array) -> np.ndarray:
