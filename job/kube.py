@@ -108,16 +108,16 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
         where = kubeconfig or paths
         try:
             config.load_kube_config(
-                config_file=kubeconfig, context=context,
-                client_configuration=configuration, persist_config=False,
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
             )
             _, active = config.list_kube_config_contexts(config_file=kubeconfig)
             if context is None:
                 context = active["name"]
             contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
-            user = next(
-                (c["context"].get("user") for c in contexts if c["name"] == context), None
-            )
+            user = next((c["context"].get("user") for c in contexts if c["name"] == context), None)
         except (config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterConfigError(f"cannot use the kubeconfig {where}: {exc}") from exc
         identity = f'user "{user}" (context "{context}")'
@@ -192,8 +192,13 @@ def _server_message(exc: Any) -> str:
 
 
 def explain(
-    exc: Exception, api: Any, verb: str, resource: str,
-    *, name: str | None = None, namespace: str | None = None,
+    exc: Exception,
+    api: Any,
+    verb: str,
+    resource: str,
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
 ) -> ClusterError:
     """The project error for an API failure of ``verb`` on ``resource`` (``jobs.batch``)."""
     server = server_of(api)
@@ -235,7 +240,12 @@ def explain(
 
 @contextlib.contextmanager
 def api_call(
-    api: Any, verb: str, resource: str, *, name: str | None = None, namespace: str | None = None,
+    api: Any,
+    verb: str,
+    resource: str,
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
 ) -> Iterator[None]:
     """Turn an ``ApiException`` or a connection failure inside into a :class:`ClusterError`."""
     import urllib3

@@ -111,7 +111,10 @@ def job_name(cronjob: str, now: dt.datetime | None = None) -> str:
 
 
 def build_job(
-    cronjob: V1CronJob, *, name: str, settings: Mapping[str, str] | None = None,
+    cronjob: V1CronJob,
+    *,
+    name: str,
+    settings: Mapping[str, str] | None = None,
     launched_by: str | None = None,
 ) -> V1Job:
     """The Job ``kubectl create job NAME --from=cronjob/...`` would create, labelled as
@@ -140,10 +143,15 @@ def build_job(
             annotations=annotations,
             # As kubectl does: the CronJob controls it (so deleting the CronJob deletes it),
             # without blockOwnerDeletion, which would need the finalizers permission.
-            owner_references=[client.V1OwnerReference(
-                api_version="batch/v1", kind="CronJob", name=cronjob.metadata.name,
-                uid=cronjob.metadata.uid, controller=True,
-            )],
+            owner_references=[
+                client.V1OwnerReference(
+                    api_version="batch/v1",
+                    kind="CronJob",
+                    name=cronjob.metadata.name,
+                    uid=cronjob.metadata.uid,
+                    controller=True,
+                )
+            ],
         ),
         spec=spec,
     )
@@ -179,9 +187,14 @@ def describe_active(jobs: Sequence[V1Job], now: dt.datetime | None = None) -> st
 
 
 def launch(
-    batch: BatchV1Api, namespace: str, command: str, *,
-    settings: Mapping[str, str] | None = None, allow_overlap: bool = False,
-    launched_by: str | None = None, name: str | None = None,
+    batch: BatchV1Api,
+    namespace: str,
+    command: str,
+    *,
+    settings: Mapping[str, str] | None = None,
+    allow_overlap: bool = False,
+    launched_by: str | None = None,
+    name: str | None = None,
 ) -> V1Job:
     """Create a Job from the CronJob ``command``; refuse a guarded command (``train``) while
     one of its Jobs is active, unless ``allow_overlap``. Returns the created Job."""
@@ -265,13 +278,15 @@ def list_job_pods(core: CoreV1Api, namespace: str, name: str) -> list[V1Pod]:
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
     return sorted(
         (p for p in pods or [] if is_job_pod(p, name)),
-        key=lambda p: p.metadata.creation_timestamp
-        or dt.datetime.min.replace(tzinfo=dt.UTC),
+        key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC),
     )
 
 
 def follow_log(
-    core: CoreV1Api, namespace: str, pod: str, on_line: Callable[[str], None],
+    core: CoreV1Api,
+    namespace: str,
+    pod: str,
+    on_line: Callable[[str], None],
     container: str | None = None,
 ) -> None:
     """Stream the container's log to ``on_line`` until the container ends."""
@@ -306,8 +321,10 @@ class _LogFollowers:
             if name not in self.threads and _started(pod):
                 container = pick_container(pod.spec.containers if pod.spec else [])
                 thread = threading.Thread(
-                    target=self._follow, args=(name, container.name if container else None),
-                    name=f"logs-{name}", daemon=True,
+                    target=self._follow,
+                    args=(name, container.name if container else None),
+                    name=f"logs-{name}",
+                    daemon=True,
                 )
                 self.threads[name] = thread
                 thread.start()
@@ -331,7 +348,11 @@ class _LogFollowers:
 
 
 def wait(
-    batch: BatchV1Api, core: CoreV1Api, namespace: str, name: str, *,
+    batch: BatchV1Api,
+    core: CoreV1Api,
+    namespace: str,
+    name: str,
+    *,
     timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_log: Callable[[str], None] | None = None,
@@ -375,9 +396,7 @@ def _read_job(batch: BatchV1Api, namespace: str, name: str) -> V1Job:
         return batch.read_namespaced_job(name, namespace)
 
 
-def _next_change(
-    batch: BatchV1Api, namespace: str, name: str, job: V1Job, window: float
-) -> V1Job:
+def _next_change(batch: BatchV1Api, namespace: str, name: str, job: V1Job, window: float) -> V1Job:
     """The Job once its status changes, or as it is after ``window`` seconds."""
     import kubernetes.watch
     import urllib3
@@ -426,8 +445,12 @@ def _next_change(
 def _result(job: V1Job, state: JobState, pods: Sequence[V1Pod], elapsed: float) -> RunResult:
     pod = pod_for_result(pods, state.state)
     result = RunResult(
-        job=job.metadata.name, state=state.state, reason=state.reason, message=state.message,
-        elapsed_s=elapsed, summary=termination_summary(pod) if pod is not None else {},
+        job=job.metadata.name,
+        state=state.state,
+        reason=state.reason,
+        message=state.message,
+        elapsed_s=elapsed,
+        summary=termination_summary(pod) if pod is not None else {},
     )
     if state.state == "failed":
         raise RunFailedError(result.failure())

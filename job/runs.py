@@ -52,8 +52,11 @@ class JobState:
 def job_state(job: V1Job) -> JobState:
     """The state of ``job``: a ``Complete`` or ``Failed`` condition is final."""
     status = job.status
-    conditions = {c.type: c for c in (status.conditions or []) if c.status == "True"} \
-        if status is not None else {}
+    conditions = (
+        {c.type: c for c in (status.conditions or []) if c.status == "True"}
+        if status is not None
+        else {}
+    )
     if "Complete" in conditions:
         end = status.completion_time or conditions["Complete"].last_transition_time
         return JobState("succeeded", finished_at=end)
@@ -133,8 +136,9 @@ def termination_summary(pod: V1Pod) -> dict[str, Any]:
 def pod_for_result(pods: Iterable[V1Pod], state: str) -> V1Pod | None:
     """The pod whose termination message tells the run's outcome: the one that succeeded,
     else the newest."""
-    pods = sorted(pods, key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(
-        tzinfo=dt.UTC))
+    pods = sorted(
+        pods, key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC)
+    )
     if state == "succeeded":
         for pod in reversed(pods):
             if pod.status is not None and pod.status.phase == "Succeeded":
@@ -173,7 +177,11 @@ class Run:
 
 
 def list_runs(
-    batch: BatchV1Api, core: CoreV1Api, namespace: str, *, limit: int = 20,
+    batch: BatchV1Api,
+    core: CoreV1Api,
+    namespace: str,
+    *,
+    limit: int = 20,
     now: dt.datetime | None = None,
 ) -> list[Run]:
     """The ``limit`` newest runs of ``train`` and ``infer`` in ``namespace``, newest first."""
@@ -200,8 +208,13 @@ def _run(job: V1Job, pods: Sequence[V1Pod], now: dt.datetime) -> Run:
         pod = pod_for_result((p for p in pods if is_job_pod(p, job.metadata.name)), state.state)
         summary = termination_summary(pod) if pod is not None else {}
     return Run(
-        name=job.metadata.name, command=command_of(job) or "?", trigger=trigger_of(job),
-        state=state.state, reason=state.reason, start=start, duration_s=duration,
+        name=job.metadata.name,
+        command=command_of(job) or "?",
+        trigger=trigger_of(job),
+        state=state.state,
+        reason=state.reason,
+        start=start,
+        duration_s=duration,
         summary=summary,
     )
 
@@ -257,11 +270,17 @@ def render_table(runs: Sequence[Mapping[str, Any]]) -> str:
     for run in runs:
         state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
         start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
-        rows.append((
-            run["name"], run["command"], run["trigger"], state, start,
-            format_duration(run.get("duration_s")),
-            describe_summary(run["command"], run.get("summary") or {}),
-        ))
+        rows.append(
+            (
+                run["name"],
+                run["command"],
+                run["trigger"],
+                state,
+                start,
+                format_duration(run.get("duration_s")),
+                describe_summary(run["command"], run.get("summary") or {}),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]

@@ -23,18 +23,28 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Where the CronJobs are and how to reach the API server."""
     decorators = [
         click.option(
-            "-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True,
-            envvar=env("namespace"), show_envvar=True,
+            "-n",
+            "--namespace",
+            default=DEFAULT_NAMESPACE,
+            show_default=True,
+            envvar=env("namespace"),
+            show_envvar=True,
             help="The namespace of the train and infer CronJobs.",
         ),
         click.option(
-            "--kubeconfig", type=click.Path(dir_okay=False), default=None,
-            envvar=env("kubeconfig"), show_envvar=True,
+            "--kubeconfig",
+            type=click.Path(dir_okay=False),
+            default=None,
+            envvar=env("kubeconfig"),
+            show_envvar=True,
             help="The kubeconfig file [default: $KUBECONFIG or ~/.kube/config; inside a pod, "
             "its service account].",
         ),
         click.option(
-            "--context", default=None, envvar=env("context"), show_envvar=True,
+            "--context",
+            default=None,
+            envvar=env("context"),
+            show_envvar=True,
             help="The kubeconfig context [default: its current context].",
         ),
     ]
@@ -86,33 +96,59 @@ class ProgressPrinter:
 @click.argument("command", type=click.Choice(["train", "infer"]))
 @cluster_options
 @click.option(
-    "--set", "settings", multiple=True, metavar="KEY=VALUE", envvar=env("set"),
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    envvar=env("set"),
     show_envvar=True,
     help="Override a setting for this run only, e.g. train-data=s3://.../2024-02.parquet "
     "(KEY as train-data or TAXI_JOB_TRAIN_DATA). Repeatable.",
 )
 @click.option(
-    "--wait/--no-wait", default=False, show_default=True, envvar=env("wait"),
-    show_envvar=True, help="Wait for the Job to finish, showing its progress.",
+    "--wait/--no-wait",
+    default=False,
+    show_default=True,
+    envvar=env("wait"),
+    show_envvar=True,
+    help="Wait for the Job to finish, showing its progress.",
 )
 @click.option(
-    "--logs/--no-logs", default=False, show_default=True, envvar=env("logs"),
-    show_envvar=True, help="Follow the pod's logs while waiting (implies --wait).",
+    "--logs/--no-logs",
+    default=False,
+    show_default=True,
+    envvar=env("logs"),
+    show_envvar=True,
+    help="Follow the pod's logs while waiting (implies --wait).",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-    envvar=env("timeout"), show_envvar=True, metavar="SECONDS",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    envvar=env("timeout"),
+    show_envvar=True,
+    metavar="SECONDS",
     help="Stop waiting after this long (the Job keeps running) [default: no limit].",
 )
 @click.option(
-    "--allow-overlap", is_flag=True, default=False, envvar=env("allow_overlap"),
-    show_envvar=True, help="Start train even while another train Job is active.",
+    "--allow-overlap",
+    is_flag=True,
+    default=False,
+    envvar=env("allow_overlap"),
+    show_envvar=True,
+    help="Start train even while another train Job is active.",
 )
 @common_options
 @reporting
 def launch(
-    command: str, namespace: str, kubeconfig: str | None, context: str | None,
-    settings: tuple[str, ...], wait: bool, logs: bool, timeout: float | None,
+    command: str,
+    namespace: str,
+    kubeconfig: str | None,
+    context: str | None,
+    settings: tuple[str, ...],
+    wait: bool,
+    logs: bool,
+    timeout: float | None,
     allow_overlap: bool,
 ) -> Mapping[str, Any]:
     """Run train or infer now, as a Job made from its CronJob."""
@@ -121,8 +157,12 @@ def launch(
     overrides = launcher.parse_settings(settings)
     cluster = kube.connect(kubeconfig, context)
     job = launcher.launch(
-        cluster.batch, namespace, command, settings=overrides,
-        allow_overlap=allow_overlap, launched_by=cluster.identity,
+        cluster.batch,
+        namespace,
+        command,
+        settings=overrides,
+        allow_overlap=allow_overlap,
+        launched_by=cluster.identity,
     )
     name = job.metadata.name
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}
@@ -133,8 +173,13 @@ def launch(
     printer = ProgressPrinter(sys.stderr, sys.stderr.isatty())
     try:
         result = launcher.wait(
-            cluster.batch, cluster.core, namespace, name, timeout=timeout,
-            on_progress=printer.progress, on_log=printer.log if logs else None,
+            cluster.batch,
+            cluster.core,
+            namespace,
+            name,
+            timeout=timeout,
+            on_progress=printer.progress,
+            on_log=printer.log if logs else None,
         )
     finally:
         printer.close()
@@ -153,13 +198,21 @@ def _runs_text(summary: Mapping[str, Any]) -> str:
 @click.command("runs")
 @cluster_options
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=20, show_default=True,
-    envvar=env("limit"), show_envvar=True, help="Show at most this many runs, newest first.",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    envvar=env("limit"),
+    show_envvar=True,
+    help="Show at most this many runs, newest first.",
 )
 @common_options
 @reporting(text=_runs_text)
 def runs(
-    namespace: str, kubeconfig: str | None, context: str | None, limit: int,
+    namespace: str,
+    kubeconfig: str | None,
+    context: str | None,
+    limit: int,
 ) -> Mapping[str, Any]:
     """List recent train and infer runs, scheduled and manual, with their results."""
     from job import kube
