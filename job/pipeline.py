@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from job import __version__, artifacts, reading
 from job.errors import BadInputError
-from job.model import PairAccumulator, PairStats, fit, rmse
+from job.model import Model, PairAccumulator, PairStats, fit, rmse
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +133,38 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"--max-duration {config.max_duration:g}"
         )
     started = time.perf_counter()
+    # The lock covers the whole run: a second training fails (or waits) at once instead
+    # of reading everything first, and two never publish over each other.
+    with artifacts.training_lock(config.artifacts, config.lock_timeout):
+        model, metrics, inputs = _fit_and_evaluate(config)
+        metadata = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "package_version": __version__,
+            "python": platform.python_version(),
+            "min_duration": config.min_duration,
+            "max_duration": config.max_duration,
+            "metrics": metrics,
+            "inputs": inputs,
+        }
+        version = artifacts.publish(config.artifacts, model, metadata)
+    return {
+        "model_version": version,
+        **metrics,
+        "artifacts": str(config.artifacts),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _fit_and_evaluate(config: TrainConfig) -> tuple[Model, dict[str, Any], dict[str, Any]]:
     low, high = config.min_duration, config.max_duration
     # Evaluation rows are summarised like training rows, before the model exists: the two
-    # files stream at once, on the two cores a pod usually has.
+    # sources stream at once, on the two cores a pod usually has.
     with ThreadPoolExecutor(max_workers=2) as pool:
         evaluating = pool.submit(aggregate, config.eval_data, low, high, "evaluation")
         try:
             training = aggregate(config.train_data, low, high, "training")
         finally:
-            evaluation_error = evaluating.exception()
+            evaluation_error = evaluating.exception()  # waits; a training error goes first
         if evaluation_error is not None:
             raise evaluation_error
         evaluation = evaluating.result()
@@ -155,23 +178,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "eval_rows_kept": evaluation.rows_kept,
         "features": model.features,
     }
-    metadata = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "package_version": __version__,
-        "python": platform.python_version(),
-        "min_duration": low,
-        "max_duration": high,
-        "metrics": metrics,
-        "inputs": {"train": training.fingerprints, "eval": evaluation.fingerprints},
-    }
-    with artifacts.training_lock(config.artifacts, config.lock_timeout):
-        version = artifacts.publish(config.artifacts, model, metadata)
-    return {
-        "model_version": version,
-        **metrics,
-        "artifacts": str(config.artifacts),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return model, metrics, {"train": training.fingerprints, "eval": evaluation.fingerprints}
 
 
 def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:
