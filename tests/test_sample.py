@@ -16,32 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from trips import TLC_SCHEMA
 
 from job import sample
 from job.cli import cli
 
-# Written out rather than taken from job.sample: this is what the TLC publishes.
-TLC_2021_SCHEMA = [
-    ("VendorID", pa.int64()),
-    ("tpep_pickup_datetime", pa.timestamp("us")),
-    ("tpep_dropoff_datetime", pa.timestamp("us")),
-    ("passenger_count", pa.float64()),
-    ("trip_distance", pa.float64()),
-    ("RatecodeID", pa.float64()),
-    ("store_and_fwd_flag", pa.string()),
-    ("PULocationID", pa.int64()),
-    ("DOLocationID", pa.int64()),
-    ("payment_type", pa.int64()),
-    ("fare_amount", pa.float64()),
-    ("extra", pa.float64()),
-    ("mta_tax", pa.float64()),
-    ("tip_amount", pa.float64()),
-    ("tolls_amount", pa.float64()),
-    ("improvement_surcharge", pa.float64()),
-    ("total_amount", pa.float64()),
-    ("congestion_surcharge", pa.float64()),
-    ("airport_fee", pa.float64()),
-]
+# Written out in tests/trips.py rather than taken from job.sample: what the TLC publishes.
+TLC_2021_SCHEMA = list(zip(TLC_SCHEMA.names, TLC_SCHEMA.types, strict=True))
 NULLABLE = {
     "passenger_count",
     "RatecodeID",
