@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import click
 
-from job.cli.options import common_options, env, reporting
+from job.cli.options import common_options, option, reporting
 
 DEFAULT_NAMESPACE = "taxi-job"
 
@@ -22,29 +22,23 @@ DEFAULT_NAMESPACE = "taxi-job"
 def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Where the CronJobs are and how to reach the API server."""
     decorators = [
-        click.option(
+        option(
             "-n",
             "--namespace",
             default=DEFAULT_NAMESPACE,
             show_default=True,
-            envvar=env("namespace"),
-            show_envvar=True,
             help="The namespace of the train and infer CronJobs.",
         ),
-        click.option(
+        option(
             "--kubeconfig",
             type=click.Path(dir_okay=False),
             default=None,
-            envvar=env("kubeconfig"),
-            show_envvar=True,
             help="The kubeconfig file [default: $KUBECONFIG or ~/.kube/config; inside a pod, "
             "its service account].",
         ),
-        click.option(
+        option(
             "--context",
             default=None,
-            envvar=env("context"),
-            show_envvar=True,
             help="The kubeconfig context [default: its current context].",
         ),
     ]
@@ -95,47 +89,37 @@ class ProgressPrinter:
 @click.command("launch")
 @click.argument("command", type=click.Choice(["train", "infer"]))
 @cluster_options
-@click.option(
+@option(
     "--set",
     "settings",
     multiple=True,
     metavar="KEY=VALUE",
-    envvar=env("set"),
-    show_envvar=True,
     help="Override a setting for this run only, e.g. train-data=s3://.../2024-02.parquet "
     "(KEY as train-data or TAXI_JOB_TRAIN_DATA). Repeatable.",
 )
-@click.option(
+@option(
     "--wait/--no-wait",
     default=False,
     show_default=True,
-    envvar=env("wait"),
-    show_envvar=True,
     help="Wait for the Job to finish, showing its progress.",
 )
-@click.option(
+@option(
     "--logs/--no-logs",
     default=False,
     show_default=True,
-    envvar=env("logs"),
-    show_envvar=True,
     help="Follow the pod's logs while waiting (implies --wait).",
 )
-@click.option(
+@option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    envvar=env("timeout"),
-    show_envvar=True,
     metavar="SECONDS",
     help="Stop waiting after this long (the Job keeps running) [default: no limit].",
 )
-@click.option(
+@option(
     "--allow-overlap",
     is_flag=True,
     default=False,
-    envvar=env("allow_overlap"),
-    show_envvar=True,
     help="Start train even while another train Job is active.",
 )
 @common_options
@@ -197,13 +181,11 @@ def _runs_text(summary: Mapping[str, Any]) -> str:
 
 @click.command("runs")
 @cluster_options
-@click.option(
+@option(
     "--limit",
     type=click.IntRange(min=1),
     default=20,
     show_default=True,
-    envvar=env("limit"),
-    show_envvar=True,
     help="Show at most this many runs, newest first.",
 )
 @common_options

@@ -9,7 +9,7 @@ import click
 
 from job import fetch as fetching
 from job import sample
-from job.cli.options import common_options, env, reporting
+from job.cli.options import common_options, env, option, reporting
 
 
 def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -21,35 +21,29 @@ def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-month_option = click.option(
+month_option = option(
     "--month",
     metavar="YYYY-MM",
     required=True,
     callback=check_month,
-    envvar=env("month"),
-    show_envvar=True,
     help="The month of trips, e.g. 2021-01.",
 )
 
 
 @click.command("sample-data")
 @month_option
-@click.option(
+@option(
     "--rows",
     type=click.IntRange(min=0),
     default=100_000,
     show_default=True,
-    envvar=env("rows"),
-    show_envvar=True,
     help="How many trips to write.",
 )
-@click.option(
+@option(
     "--seed",
     type=click.IntRange(min=0),
     default=None,
     show_default="from the month",
-    envvar=env("seed"),
-    show_envvar=True,
     help="Random seed; the same seed and month give the same file.",
 )
 @click.argument(
@@ -75,39 +69,31 @@ def sample_data(month: str, rows: int, seed: int | None, out: Path) -> dict[str,
 
 @click.command("fetch")
 @month_option
-@click.option(
+@option(
     "--base-url",
     default=fetching.DEFAULT_BASE_URL,
     show_default=True,
-    envvar=env("base_url"),
-    show_envvar=True,
     help="Where the monthly files are: {base-url}/yellow_tripdata_<month>.parquet.",
 )
-@click.option(
+@option(
     "--retries",
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    envvar=env("retries"),
-    show_envvar=True,
     help="Attempts after the first on connection errors, 429 and 5xx.",
 )
-@click.option(
+@option(
     "--backoff",
     type=click.FloatRange(min=0.0),
     default=1.0,
     show_default=True,
-    envvar=env("backoff"),
-    show_envvar=True,
     help="Seconds before the first retry; doubled for each next one.",
 )
-@click.option(
+@option(
     "--timeout",
     type=click.FloatRange(min=0.0, min_open=True),
     default=60.0,
     show_default=True,
-    envvar=env("timeout"),
-    show_envvar=True,
     help="Seconds without data before an attempt gives up.",
 )
 @click.argument(

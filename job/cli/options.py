@@ -30,49 +30,49 @@ def env(name: str) -> str:
     return ENV_PREFIX + name.upper().replace("-", "_")
 
 
+def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
+    """``click.option`` reading ``TAXI_JOB_<LONG NAME>`` from the environment, shown in --help."""
+    long = next(d for d in param_decls if d.startswith("--")).split("/")[0]
+    attrs.setdefault("envvar", env(long[2:]))
+    attrs.setdefault("show_envvar", True)
+    return click.option(*param_decls, **attrs)
+
+
 def common_options(func: F) -> F:
     """Logging, output format and termination-log options, for every command."""
     decorators = [
-        click.option(
+        option(
             "-v",
             "--verbose",
             "verbose",
             count=True,
-            envvar=env("verbose"),
             help="More log output (repeat for more).",
         ),
-        click.option(
+        option(
             "-q",
             "--quiet",
             "quiet",
             count=True,
-            envvar=env("quiet"),
             help="Less log output.",
         ),
-        click.option(
+        option(
             "--log-format",
             type=click.Choice(["text", "json"]),
             default="text",
-            envvar=env("log_format"),
             show_default=True,
-            show_envvar=True,
             help="Log lines on stderr as text or as JSON objects.",
         ),
-        click.option(
+        option(
             "--output-format",
             type=click.Choice(["text", "json"]),
             default="text",
-            envvar=env("output_format"),
             show_default=True,
-            show_envvar=True,
             help="The summary on stdout: text, or one JSON object on the last line.",
         ),
-        click.option(
+        option(
             "--termination-log",
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            envvar=env("termination_log"),
-            show_envvar=True,
             help="Also write the JSON summary here (a pod's terminationMessagePath).",
         ),
     ]

@@ -8,61 +8,49 @@ from typing import Any
 import click
 
 from job import pipeline
-from job.cli.options import common_options, env, reporting
+from job.cli.options import common_options, option, reporting
 
-artifacts_option = click.option(
+artifacts_option = option(
     "--artifacts",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    envvar=env("artifacts"),
-    show_envvar=True,
     help="Artifacts folder: model versions, CURRENT, predictions.",
 )
 
 
 @click.command("train")
-@click.option(
+@option(
     "--train-data",
     required=True,
     metavar="SRC",
-    envvar=env("train_data"),
-    show_envvar=True,
     help="Training trips: parquet file, directory or glob; local path or URL.",
 )
-@click.option(
+@option(
     "--eval-data",
     required=True,
     metavar="SRC",
-    envvar=env("eval_data"),
-    show_envvar=True,
     help="Evaluation trips (usually the next month), same forms.",
 )
 @artifacts_option
-@click.option(
+@option(
     "--min-duration",
     type=float,
     default=1.0,
     show_default=True,
-    envvar=env("min_duration"),
-    show_envvar=True,
     help="Shortest trip kept, minutes (inclusive).",
 )
-@click.option(
+@option(
     "--max-duration",
     type=float,
     default=60.0,
     show_default=True,
-    envvar=env("max_duration"),
-    show_envvar=True,
     help="Longest trip kept, minutes (inclusive).",
 )
-@click.option(
+@option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    envvar=env("lock_timeout"),
-    show_envvar=True,
     help="Seconds to wait when another training holds the lock.",
 )
 @common_options
@@ -73,29 +61,23 @@ def train(**options: Any) -> dict[str, Any]:
 
 
 @click.command("infer")
-@click.option(
+@option(
     "--input",
     "input",
     required=True,
     metavar="SRC",
-    envvar=env("input"),
-    show_envvar=True,
     help="Trips to predict: parquet file, directory or glob; local path or URL.",
 )
 @artifacts_option
-@click.option(
+@option(
     "--predictions",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    envvar=env("predictions"),
-    show_envvar=True,
     help="Where predictions go.  [default: ARTIFACTS/predictions]",
 )
-@click.option(
+@option(
     "--force/--no-force",
     default=False,
-    envvar=env("force"),
-    show_envvar=True,
     help="Predict again inputs that the current model has predicted already.",
 )
 @common_options
