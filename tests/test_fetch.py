@@ -259,7 +259,7 @@ def test_cli_from_the_environment(server: Server, parquet: bytes, tmp_path: Path
         "TAXI_JOB_DIR": str(tmp_path / "env"),
         "TAXI_JOB_RETRIES": "2",
         "TAXI_JOB_BACKOFF": "0.01",
-        "TAXI_JOB_TIMEOUT": "5",
+        "TAXI_JOB_REQUEST_TIMEOUT": "5",
         "TAXI_JOB_OUTPUT_FORMAT": "json",
     }
     code, out, err = run("fetch", env=env)

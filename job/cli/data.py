@@ -90,7 +90,8 @@ def sample_data(month: str, rows: int, seed: int | None, out: Path) -> dict[str,
     help="Seconds before the first retry; doubled for each next one.",
 )
 @option(
-    "--timeout",
+    "--request-timeout",
+    "timeout",
     type=click.FloatRange(min=0.0, min_open=True),
     default=60.0,
     show_default=True,
