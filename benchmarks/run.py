@@ -4,7 +4,7 @@ side by side on the same synthetic months, at the real 2021 row counts and at mu
     .venv/bin/python benchmarks/run.py [--scales 1,4] [--workdir DIR] [--repeat N]
                                        [--quick] [--markdown]
 
-Measures wall time and peak RSS (the child's ru_maxrss from wait4) of each process, and
+Measures wall time and peak RSS (GNU time's %M) of each process, and
 compares the RMSE on the evaluation month and the predictions. Targets are printed next
 to the numbers ("MISSED" when missed); the exit status is 0 unless something crashed,
 because the machine is shared and the numbers are for people.
@@ -85,24 +85,36 @@ class Runs:
         return ", ".join(f"{r.seconds:.2f}" for r in self.runs)
 
 
+#: GNU time reports the peak RSS of the command alone. A child's ru_maxrss from wait4 would
+#: not: Linux carries the parent's RSS high-water mark over into the child at exec, so
+#: this script's own memory (hundreds of MiB after comparing predictions) would show up
+#: as the child's.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def measure(cmd: list[str], cwd: Path) -> Run:
     """Run ``cmd`` to completion; its wall time, peak RSS and the JSON on its last stdout line."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as rss,
+    ):
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if GNU_TIME else cmd
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
-        # wait4, not Popen.wait: it hands back this child's own rusage (ru_maxrss in KiB).
+        proc = subprocess.Popen(wrapped, cwd=cwd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
+        peak_kib = int(rss.read().split()[-1]) if GNU_TIME and proc.returncode == 0 else 0
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}\n{stderr[-4000:]}{stdout[-2000:]}"
         )
     lines = stdout.strip().splitlines()
-    return Run(seconds, usage.ru_maxrss, json.loads(lines[-1]) if lines else {})
+    return Run(seconds, peak_kib or usage.ru_maxrss, json.loads(lines[-1]) if lines else {})
 
 
 def data_for(scale: int, workdir: Path) -> dict[str, Path]:

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from job import __version__
-from job.cli.cluster import launch, runs
-from job.cli.data import fetch, sample_data
-from job.cli.pipeline import infer, train
+
+#: Each command's module is imported only when that command runs (click's lazy-loading
+#: pattern): `taxi-job infer`, started every minute, does not load the Kubernetes client,
+#: the HTTP downloader or the sample generator.
+COMMANDS = {
+    "train": "job.cli.pipeline:train",
+    "infer": "job.cli.pipeline:infer",
+    "sample-data": "job.cli.data:sample_data",
+    "fetch": "job.cli.data:fetch",
+    "launch": "job.cli.cluster:launch",
+    "runs": "job.cli.cluster:runs",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name].split(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="taxi-job")
 def cli() -> None:
     """Train and serve the NYC-taxi trip-duration model, as scheduled or ad-hoc Jobs."""
 
 
-for command in (train, infer, sample_data, fetch, launch, runs):
-    cli.add_command(command)
+def all_commands() -> dict[str, click.Command]:
+    """Every subcommand, imported: for introspection (tests, documentation)."""
+    ctx = click.Context(cli)
+    return {
+        name: command for name in cli.list_commands(ctx) if (command := cli.get_command(ctx, name))
+    }
 
 
 def main() -> None:

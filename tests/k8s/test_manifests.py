@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from job import __version__
-from job.cli import cli
+from job.cli import all_commands
 from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL, EXIT_TRANSIENT, EXIT_UNEXPECTED
 
 from .conftest import ROOT, Manifest, job_spec, pod_spec
@@ -30,7 +30,7 @@ GetObject = Callable[[str, str], Manifest]
 def cli_envvars() -> dict[str, set[str]]:
     """Each ``TAXI_JOB_*`` variable the CLI reads, and the commands that read it."""
     found: dict[str, set[str]] = {}
-    for name, command in cli.commands.items():
+    for name, command in all_commands().items():
         for param in command.params:
             envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
             for envvar in envvars:
@@ -232,7 +232,7 @@ def test_every_container_runs_a_command_with_its_required_options(
     for workload in workloads:
         for container in containers(workload):
             command_name, *args = container["args"]
-            command = cli.commands[command_name]
+            command = all_commands()[command_name]
             env = container_env(container, by_kind_name)
             ctx = click.Context(command)
             # parse as the container would: its args, then its environment
