@@ -45,7 +45,7 @@ class PairStats:
 class PairAccumulator:
     """Streams (pu, do, y) batches into :class:`PairStats`."""
 
-    _dense: np.ndarray = field(default_factory=lambda: np.zeros((3, DENSE_SPAN * DENSE_SPAN)))
+    _dense: np.ndarray = field(default_factory=lambda: np.zeros((3, DENSE_SPAN, DENSE_SPAN)))
     _sparse: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def add(
@@ -61,13 +61,20 @@ class PairAccumulator:
             inside = (pu >= -1) & (pu < DENSE_SPAN - 1) & (do >= -1) & (do < DENSE_SPAN - 1)
             self._add_sparse(pu[~inside], do[~inside], y[~inside])
             pu, do, y, keep = pu[inside], do[inside], y[inside], None
-        code = (pu + 1) * DENSE_SPAN + (do + 1)
+        if pu.size == 0:
+            return
+        # Count into a table just big enough for this batch's ids (TLC: 267 x 267), then
+        # add it to the corner of the dense table: less memory to clear and add per batch.
+        rows = int(pu.max()) + 2
+        cols = int(do.max()) + 2
+        code = (pu + 1) * cols + (do + 1)
         if keep is not None:
             code = code[keep]
-        size = DENSE_SPAN * DENSE_SPAN
-        self._dense[0] += np.bincount(code, minlength=size)
-        self._dense[1] += np.bincount(code, weights=y, minlength=size)
-        self._dense[2] += np.bincount(code, weights=y * y, minlength=size)
+        size = rows * cols
+        corner = self._dense[:, :rows, :cols]
+        corner[0] += np.bincount(code, minlength=size).reshape(rows, cols)
+        corner[1] += np.bincount(code, weights=y, minlength=size).reshape(rows, cols)
+        corner[2] += np.bincount(code, weights=y * y, minlength=size).reshape(rows, cols)
 
     def _add_sparse(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray) -> None:
         keys, inverse = np.unique(np.stack([pu, do], axis=1), axis=0, return_inverse=True)
@@ -79,10 +86,9 @@ class PairAccumulator:
             self._sparse.setdefault((a, b), np.zeros(3))[:] += (n[k], s[k], q[k])
 
     def result(self) -> PairStats:
-        (cells,) = np.nonzero(self._dense[0])
-        pu = cells // DENSE_SPAN - 1
-        do = cells % DENSE_SPAN - 1
-        n, s, q = self._dense[:, cells]
+        pu, do = np.nonzero(self._dense[0])
+        n, s, q = self._dense[:, pu, do]
+        pu, do = pu - 1, do - 1
         if self._sparse:
             keys = np.array(list(self._sparse), dtype=np.int64).reshape(-1, 2)
             values = np.array(list(self._sparse.values())).reshape(-1, 3)
