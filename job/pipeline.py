@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import platform
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +215,10 @@ def _predict_file(
     versions = pa.StringArray.from_buffers(
         1, pa.py_buffer(np.array([0, len(label)], np.int32).tobytes()), pa.py_buffer(label)
     )
-    with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+    with (
+        pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as parquet_writer,
+        BackgroundWriter(parquet_writer) as writer,
+    ):
         batches = reading.iter_batches(source, reading.INFER_COLUMNS, parquet, PREDICT_ROWS)
         for batch in batches:
             n = batch.pu.size
@@ -231,9 +236,44 @@ def _predict_file(
                 ],
                 schema=schema,
             )
-            writer.write_table(table, row_group_size=max(n, 1))
+            writer.write(table)
             rows += n
     return rows
+
+
+class BackgroundWriter:
+    """Writes tables to a parquet writer on a thread of its own, so that encoding one batch
+    overlaps reading and predicting the next (arrow releases the GIL while it encodes).
+    At most ``depth`` tables wait; the first error is raised in the caller's thread."""
+
+    def __init__(self, writer: pq.ParquetWriter, depth: int = 2) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-writer", daemon=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:  # after an error, drain without writing
+                try:
+                    self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = exc
+
+    def write(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
 
 
 def infer(config: InferConfig) -> dict[str, Any]:
