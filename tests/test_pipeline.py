@@ -343,3 +343,22 @@ def test_the_installed_command_runs_as_a_process(months, tmp_path):
         bad.stderr.strip().splitlines()[-1]
         == f"taxi-job: error: {tmp_path / 'none.parquet'}: no such file or directory"
     )
+
+
+def test_a_failing_background_write_reaches_the_caller():
+    """A write error on the writer thread (a full volume, say) fails the run, not silently."""
+    import pyarrow as pa
+
+    from job.pipeline import BackgroundWriter
+
+    class FullDisk:
+        def write_table(self, table, row_group_size):
+            raise OSError(28, "No space left on device")
+
+    table = pa.table({"x": [1, 2, 3]})
+    with (
+        pytest.raises(OSError, match="No space left"),
+        BackgroundWriter(FullDisk()) as writer,  # type: ignore[arg-type]
+    ):
+        for _ in range(10):
+            writer.write(table)
