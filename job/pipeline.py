@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 #: Rows per predicted row group.
-PREDICT_ROWS = 1 << 18
+PREDICT_ROWS = 1 << 17
 #: Dictionaries where values repeat (zones, a prediction per zone pair, the version) and
 #: delta encoding for row numbers and times: a file 40% smaller, written 40% faster than
 #: with the defaults.

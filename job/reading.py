@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import logging
 import posixpath
 import time
@@ -310,7 +311,13 @@ def iter_batches(
     if parquet.metadata.num_rows == 0:
         raise BadInputError(f"{source.uri}: the file has no rows")
     batches = parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
-    while True:
+    pool = pa.default_memory_pool()
+    for count in itertools.count(1):
+        if count % 16 == 0:
+            # Arrow's allocator keeps freed pages for reuse, and with decoding buffers of
+            # varying sizes the kept set grows with the rows read (+40% RSS from 1.4 to 5.5
+            # million rows): hand them back now and then, so memory stays flat.
+            pool.release_unused()
         try:
             arrow = next(batches)
         except StopIteration:
