@@ -13,6 +13,8 @@ import hashlib
 import itertools
 import logging
 import posixpath
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -293,6 +295,45 @@ def _zones(source: Source, name: str, column: pa.Array) -> np.ndarray:
     return _numpy(column, -1)
 
 
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` on a thread of its own, up to ``depth`` ahead of the caller, so that
+    parquet decoding (which releases the GIL) overlaps the caller's numpy work. An error
+    is raised in the caller's thread, in order; the thread ends when the caller stops."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> None:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def run() -> None:
+        try:
+            for item in items:
+                put((True, item))
+                if stop.is_set():
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            put((False, exc))
+
+    threading.Thread(target=run, name="parquet-reader", daemon=True).start()
+    try:
+        while True:
+            ok, value = slots.get()
+            if ok:
+                yield value
+            elif value is None:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+
+
 #: Rows converted at a time: the temporaries of a batch stay in the CPU's cache and are
 #: reused, and memory does not depend on the file's row-group size.
 BATCH_ROWS = 1 << 16
@@ -310,7 +351,9 @@ def iter_batches(
     check_schema(source, parquet.schema_arrow, columns)
     if parquet.metadata.num_rows == 0:
         raise BadInputError(f"{source.uri}: the file has no rows")
-    batches = parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
+    batches = prefetched(
+        parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
+    )
     pool = pa.default_memory_pool()
     for count in itertools.count(1):
         if count % 16 == 0:
