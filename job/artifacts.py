@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.errors import ModelUnavailableError, TransientError
+from job.errors import BadInputError, ModelUnavailableError, TransientError
 from job.model import Model
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,31 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Turn a failure to write to the shared volume into one clear error: permission
+    denied is a deployment problem (exit 2: a retry cannot help, check the pod's fsGroup
+    and the claim), anything else (a full or failing volume) may pass (exit 75)."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise BadInputError(
+            f"{exc.filename or what}: permission denied: cannot write {what} "
+            "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
+        ) from exc
+    except OSError as exc:
+        raise TransientError(
+            f"{exc.filename or what}: cannot write {what}: {exc.strerror or exc}"
+        ) from exc
+
+
+@contextlib.contextmanager
 def training_lock(root: Path, timeout_s: float = 0.0) -> Iterator[None]:
     """Hold the store's exclusive training lock; wait up to ``timeout_s`` for it, then raise
     ``TransientError`` naming the holder. The kernel releases it if the process dies."""
-    root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    with writing("the training lock"):
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -110,43 +129,47 @@ def _now() -> str:
 
 
 def _remove_leftovers(root: Path) -> None:
-    """Remove what a killed training left behind; only called while holding the lock."""
-    for leftover in (root / MODELS).glob(TMP_PREFIX + "*") if (root / MODELS).exists() else ():
+    """Remove what a killed training left behind (a version being written, a CURRENT being
+    replaced); only called while holding the lock, so no training is writing them."""
+    models = root / MODELS
+    for leftover in [*root.glob(TMP_PREFIX + "*"), *models.glob(TMP_PREFIX + "*")]:
         logger.warning("removing %s, left by an interrupted training", leftover)
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            continue
         shutil.rmtree(leftover, ignore_errors=True)
 
 
 def publish(root: Path, model: Model, metadata: dict[str, Any]) -> str:
     """Write a new immutable version and make it current; return its name. Call it while
     holding :func:`training_lock`."""
-    body = {"format": FORMAT, **metadata, "model": model.to_dict()}
-    content_hash = hashlib.sha256(json.dumps(body["model"]).encode()).hexdigest()
+    weights = model.to_dict()
+    content_hash = hashlib.sha256(json.dumps(weights).encode()).hexdigest()
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + content_hash[:8]
-    body = {"format": FORMAT, "version": version, **metadata, "model": model.to_dict()}
+    body = {"format": FORMAT, "version": version, **metadata, "model": weights}
     data = (json.dumps(body, indent=1) + "\n").encode()
-
-    models = root / MODELS
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = models / f"{TMP_PREFIX}{version}.{os.getpid()}"
-    tmp.mkdir()
-    for name, content in (
-        (MODEL_FILE, data),
-        (SUMS_FILE, f"{hashlib.sha256(data).hexdigest()}  {MODEL_FILE}\n".encode()),
-    ):
-        with open(tmp / name, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    fsync_dir(tmp)
-    os.rename(tmp, models / version)
-    fsync_dir(models)
-    write_atomic(root / CURRENT, (version + "\n").encode())
+    sums = f"{hashlib.sha256(data).hexdigest()}  {MODEL_FILE}\n".encode()
+    with writing(f"model version {version}"):
+        models = root / MODELS
+        models.mkdir(parents=True, exist_ok=True)
+        tmp = models / f"{TMP_PREFIX}{version}.{os.getpid()}"
+        tmp.mkdir()
+        for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
+            with open(tmp / name, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, models / version)
+        fsync_dir(models)
+        write_atomic(root / CURRENT, (version + "\n").encode())
     logger.info("published model %s", version, extra={"model_version": version})
     return version
 
 
-def current_version(root: Path) -> str:
+def current_version(root: str | os.PathLike[str]) -> str:
     """The name of the current version; ``ModelUnavailableError`` when there is none."""
+    root = Path(root)
     try:
         version = (root / CURRENT).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -158,11 +181,12 @@ def current_version(root: Path) -> str:
     return version
 
 
-def load(root: Path, version: str | None = None) -> Artifact:
+def load(root: str | os.PathLike[str], version: str | None = None) -> Artifact:
     """Load and verify a version (the current one by default).
 
     Raises ``ModelUnavailableError`` when it is missing, fails its checksum or is malformed.
     """
+    root = Path(root)
     version = version or current_version(root)
     path = root / MODELS / version
     try:
@@ -188,9 +212,9 @@ def load(root: Path, version: str | None = None) -> Artifact:
     return Artifact(version=version, path=path, model=model, metadata=metadata)
 
 
-def versions(root: Path) -> list[str]:
+def versions(root: str | os.PathLike[str]) -> list[str]:
     """All published versions, oldest first."""
-    models = root / MODELS
+    models = Path(root) / MODELS
     if not models.is_dir():
         return []
     return sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -205,4 +229,4 @@ def load_sklearn(root: str | os.PathLike[str], version: str | None = None) -> tu
     """
     from job.model import to_sklearn
 
-    return to_sklearn(load(Path(root), version).model)
+    return to_sklearn(load(root, version).model)

@@ -7,6 +7,7 @@ has been read and checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -128,6 +129,12 @@ def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Fit on the training data, evaluate on the evaluation data, publish; return the summary."""
+    for name, value in (
+        ("--min-duration", config.min_duration),
+        ("--max-duration", config.max_duration),
+    ):
+        if not math.isfinite(value):
+            raise BadInputError(f"{name} {value}: must be a finite number of minutes")
     if not config.min_duration < config.max_duration:
         raise BadInputError(
             f"--min-duration {config.min_duration:g} must be below "
@@ -276,6 +283,20 @@ class BackgroundWriter:
             raise self._error
 
 
+#: A temporary prediction file older than this was left by a killed run (an infer Job's
+#: activeDeadlineSeconds is far shorter), not one still being written.
+STALE_AFTER_S = 3600
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    cutoff = time.time() - STALE_AFTER_S
+    for leftover in out_dir.glob(artifacts.TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):  # another run may remove it first
+            if leftover.stat().st_mtime < cutoff:
+                logger.warning("removing %s, left by an interrupted run", leftover)
+                leftover.unlink()
+
+
 def infer(config: InferConfig) -> dict[str, Any]:
     """Predict every input the current model has not predicted yet; publish all or nothing."""
     started = time.perf_counter()
@@ -289,7 +310,9 @@ def infer(config: InferConfig) -> dict[str, Any]:
             f"{config.input}: several inputs named {sorted(clash)[0]}; "
             "predictions are named after their input"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with artifacts.writing("predictions"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir)
     done: list[tuple[Path, Path]] = []
     skipped: list[str] = []
     rows = 0
@@ -303,18 +326,20 @@ def infer(config: InferConfig) -> dict[str, Any]:
                 continue
             tmp = out_dir / f"{artifacts.TMP_PREFIX}{source.name}.{os.getpid()}"
             done.append((tmp, output))
-            rows += _predict_file(source, parquet, artifact, fingerprint, tmp)
+            with artifacts.writing("predictions"):
+                rows += _predict_file(source, parquet, artifact, fingerprint, tmp)
             logger.info("predicted %s", source.uri, extra={"rows": rows})
     except BaseException:
         for tmp, _ in done:
             tmp.unlink(missing_ok=True)
         raise
-    for tmp, output in done:  # every input read fine: now make them visible
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, output)
-    if done:
-        artifacts.fsync_dir(out_dir)
+    with artifacts.writing("predictions"):
+        for tmp, output in done:  # every input read fine: now make them visible
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, output)
+        if done:
+            artifacts.fsync_dir(out_dir)
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
     return {

@@ -368,7 +368,9 @@ def iter_batches(
         except (pa.ArrowInvalid, ValueError) as exc:
             raise BadInputError(f"{source.uri}: corrupt or truncated ({exc})") from exc
         except OSError as exc:
-            if source.is_local:
+            # Arrow reports corrupt pages as an OSError with no errno; an errno means the
+            # storage failed (EIO, ESTALE on NFS, a dropped connection): worth a retry.
+            if source.is_local and exc.errno is None:
                 raise BadInputError(f"{source.uri}: corrupt or truncated ({exc})") from exc
             raise TransientError(f"{source.uri}: reading failed: {exc}") from exc
         if arrow.num_rows == 0:

@@ -152,20 +152,24 @@ def test_a_training_killed_at_any_moment_leaves_the_previous_model_current(tmp_p
     killed_mid_way = 0
     for fraction in np.linspace(0.3, 1.1, 12):
         before = artifacts.current_version(out)
+        published = set(artifacts.versions(out))
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(duration * fraction)
         process.send_signal(signal.SIGKILL)
-        code = process.wait()
-        killed_mid_way += code == -signal.SIGKILL
-        current = artifacts.load(out)  # never half-written: verifies the checksum
-        assert current.version in (before, *artifacts.versions(out))
-        if code == -signal.SIGKILL:
-            assert current.version == before or current.path.is_dir()
+        killed_mid_way += process.wait() == -signal.SIGKILL
+        # Every version in models/ is whole (each load verifies its checksum), at most one
+        # is new, and CURRENT names either the previous model or that new, whole one.
+        now = set(artifacts.versions(out))
+        assert published <= now and len(now - published) <= 1
+        for version in now:
+            assert artifacts.load(out, version).version == version
+        current = artifacts.current_version(out)
+        assert current == before or current in now - published
     assert killed_mid_way >= 3
-    # The next training cleans up what the killed ones left and publishes.
+    # The next training removes what the killed ones left and publishes.
     subprocess.run(args, check=True, capture_output=True)
-    assert not list((out / "models").glob(".tmp-*"))
-    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert list((out / "models").glob(".tmp-*")) == []
+    assert list(out.glob(".tmp-*")) == []
 
 
 def test_a_reader_during_publishing_always_sees_a_whole_model(tmp_path):

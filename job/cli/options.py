@@ -94,10 +94,37 @@ def render_text(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_termination_log(path: Path, text: str) -> None:
-    """Best effort: the kubelet reads at most 4096 bytes; a failure here must not fail the run."""
+#: The kubelet keeps at most this many bytes of a termination message.
+TERMINATION_LOG_BYTES = 4096
+
+
+def fit_json(summary: Mapping[str, Any], limit: int = TERMINATION_LOG_BYTES) -> str:
+    """``summary`` as JSON of at most ``limit`` bytes, still valid JSON: long lists (an
+    infer run's outputs) are cut, keeping their first items and a count of the rest."""
+    data = dict(summary)
+    text = json.dumps(data, default=str)
+    keep = max((len(v) for v in data.values() if isinstance(v, list)), default=0)
+    while len(text.encode()) > limit and keep > 0:
+        keep //= 2
+        for key, value in summary.items():
+            if isinstance(value, list) and len(value) > keep:
+                data[key] = value[:keep]
+                data[f"{key}_omitted"] = len(value) - keep
+        text = json.dumps(data, default=str)
+    if len(text.encode()) > limit:  # still too long: scalars only, long strings shortened
+        data = {
+            k: v[:200] + "..." if isinstance(v, str) and len(v) > 200 else v
+            for k, v in summary.items()
+            if not isinstance(v, list | dict)
+        }
+        text = json.dumps(data, default=str)
+    return text if len(text.encode()) <= limit else json.dumps({"truncated": True})
+
+
+def write_termination_log(path: Path, summary: Mapping[str, Any]) -> None:
+    """Best effort: a failure to write the pod's termination message must not fail the run."""
     try:
-        path.write_text(text[:4096], encoding="utf-8")
+        path.write_text(fit_json(summary), encoding="utf-8")
     except OSError as exc:
         logger.warning("could not write the termination log %s: %s", path, exc)
 
@@ -148,7 +175,7 @@ def _reporting(func: Body, text: TextRenderer) -> Callable[..., None]:
         else:
             click.echo(text(summary))
         if termination_log is not None:
-            write_termination_log(termination_log, as_json)
+            write_termination_log(termination_log, summary)
 
     return wrapper
 
@@ -158,6 +185,6 @@ def fail(code: int, message: str, termination_log: Path | None, traceback: bool)
     if traceback:
         logger.debug("details", exc_info=True)
     if termination_log is not None:
-        write_termination_log(termination_log, json.dumps({"error": message, "exit_code": code}))
+        write_termination_log(termination_log, {"error": message, "exit_code": code})
     click.echo(f"taxi-job: error: {message}", err=True)
     sys.exit(code)
