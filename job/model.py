@@ -76,6 +76,12 @@ class PairAccumulator:
         corner[1] += np.bincount(code, weights=y, minlength=size).reshape(rows, cols)
         corner[2] += np.bincount(code, weights=y * y, minlength=size).reshape(rows, cols)
 
+    def merge(self, other: PairAccumulator) -> None:
+        """Add the rows ``other`` has seen."""
+        self._dense += other._dense
+        for key, values in other._sparse.items():
+            self._sparse.setdefault(key, np.zeros(3))[:] += values
+
     def _add_sparse(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray) -> None:
         keys, inverse = np.unique(np.stack([pu, do], axis=1), axis=0, return_inverse=True)
         inverse = inverse.ravel()

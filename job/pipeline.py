@@ -8,6 +8,7 @@ has been read and checked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -109,15 +110,12 @@ def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
     for source in reading.resolve(uri):
         parquet = reading.open_parquet(source)
         fingerprints.append(reading.fingerprint(source, parquet))
-        for batch in reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet):
-            assert batch.dropoff_us is not None
-            duration = batch.dropoff_us - batch.pickup_us
-            keep = (duration >= first) & (duration <= last)  # both ends inclusive
-            if batch.times_valid is not None:
-                keep &= batch.times_valid
-            accumulator.add(batch.pu, batch.do, duration[keep] / 60e6, keep)
-            rows_read += duration.size
-            rows_kept += int(np.count_nonzero(keep))
+        part, read, kept = reading.whole_pass(
+            source, parquet, functools.partial(_aggregate_file, first=first, last=last)
+        )
+        accumulator.merge(part)
+        rows_read += read
+        rows_kept += kept
         logger.info("read %s", source.uri, extra={"role": role, "rows_read": rows_read})
     if rows_kept == 0:
         raise BadInputError(
@@ -125,6 +123,25 @@ def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
             f"({rows_read} rows read)"
         )
     return Aggregate(accumulator.result(), rows_read, rows_kept, fingerprints)
+
+
+def _aggregate_file(
+    source: reading.Source, parquet: pq.ParquetFile, first: int, last: int
+) -> tuple[PairAccumulator, int, int]:
+    """One file's pair statistics of the trips lasting ``first`` to ``last`` microseconds,
+    and its rows read and kept."""
+    accumulator = PairAccumulator()
+    rows_read = rows_kept = 0
+    for batch in reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet):
+        assert batch.dropoff_us is not None
+        duration = batch.dropoff_us - batch.pickup_us
+        keep = (duration >= first) & (duration <= last)  # both ends inclusive
+        if batch.times_valid is not None:
+            keep &= batch.times_valid
+        accumulator.add(batch.pu, batch.do, duration[keep] / 60e6, keep)
+        rows_read += duration.size
+        rows_kept += int(np.count_nonzero(keep))
+    return accumulator, rows_read, rows_kept
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -327,7 +344,10 @@ def infer(config: InferConfig) -> dict[str, Any]:
             tmp = out_dir / f"{artifacts.TMP_PREFIX}{source.name}.{os.getpid()}"
             done.append((tmp, output))
             with artifacts.writing("predictions"):
-                rows += _predict_file(source, parquet, artifact, fingerprint, tmp)
+                work = functools.partial(
+                    _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
+                )
+                rows += reading.whole_pass(source, parquet, work)
             logger.info("predicted %s", source.uri, extra={"rows": rows})
     except BaseException:
         for tmp, _ in done:

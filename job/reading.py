@@ -165,6 +165,17 @@ def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
     return info
 
 
+def _http_error(exc: BaseException) -> bool:
+    """An error of the HTTP client under ``https://`` sources (aiohttp, through fsspec):
+    the network or the server, not the data."""
+    return type(exc).__module__.split(".")[0] in {"aiohttp", "fsspec"}
+
+
+def _http_status(exc: BaseException) -> int:
+    status = getattr(exc, "status", 0)
+    return status if isinstance(status, int) else 0
+
+
 def _retrying(call: Callable[[], T], uri: str) -> T:
     """Run ``call``; retry I/O failures that may pass, with exponential backoff."""
     delay = RETRY_DELAY_S
@@ -175,12 +186,36 @@ def _retrying(call: Callable[[], T], uri: str) -> T:
             raise
         except (pa.ArrowInvalid, ValueError):
             raise
-        except OSError as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError) and not _http_error(exc):
+                raise
+            if _http_status(exc) in range(400, 500) and _http_status(exc) not in (408, 429):
+                raise BadInputError(f"{uri}: the server refused: {exc}") from exc
             if attempt == RETRIES:
                 raise TransientError(f"{uri}: I/O failed {RETRIES} times: {exc}") from exc
             logger.warning("%s: %s; retrying in %.1fs (%d/%d)", uri, exc, delay, attempt, RETRIES)
             time.sleep(delay)
             delay *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def whole_pass(
+    source: Source, parquet: pq.ParquetFile, work: Callable[[Source, pq.ParquetFile], T]
+) -> T:
+    """Run ``work`` over a whole file. When it fails part-way for a reason that may pass
+    (``TransientError``: a dropped connection, NFS's ESTALE), open the file again and start
+    over, with backoff: ``work`` must start from scratch each time."""
+    delay = RETRY_DELAY_S
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return work(source, parquet)
+        except TransientError as exc:
+            if attempt == RETRIES:
+                raise
+            logger.warning("%s; reading it again in %.1fs (%d/%d)", exc, delay, attempt, RETRIES)
+            time.sleep(delay)
+            delay *= 2
+            parquet = open_parquet(source)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -372,6 +407,10 @@ def iter_batches(
             # storage failed (EIO, ESTALE on NFS, a dropped connection): worth a retry.
             if source.is_local and exc.errno is None:
                 raise BadInputError(f"{source.uri}: corrupt or truncated ({exc})") from exc
+            raise TransientError(f"{source.uri}: reading failed: {exc}") from exc
+        except Exception as exc:
+            if not _http_error(exc):
+                raise
             raise TransientError(f"{source.uri}: reading failed: {exc}") from exc
         if arrow.num_rows == 0:
             continue

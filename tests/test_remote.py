@@ -25,6 +25,7 @@ from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     failures: dict[str, int] = {}  # path -> how many requests still answer 503
+    data_failures = 0  # how many ranged reads of data (not the footer) still answer 503
 
     def log_message(self, *args: object) -> None:
         pass
@@ -41,6 +42,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             return None
         data = path.read_bytes()
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if match and int(match.group(1)) < len(data) - 256 * 1024 and RangeHandler.data_failures:
+            RangeHandler.data_failures -= 1
+            self.send_error(503, "connection lost")
+            return None
         if match:
             start = int(match.group(1))
             end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
@@ -65,6 +70,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
     RangeHandler.failures = {}
+    RangeHandler.data_failures = 0
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), lambda *a, **k: RangeHandler(*a, directory=str(root), **k)
     )
@@ -182,3 +188,33 @@ def test_a_server_that_keeps_failing_is_transient(served, make_trips, monkeypatc
     last = result.stderr.strip().splitlines()[-1]
     assert f"{url}/jan.parquet" in last and "failed 3 times" in last
     assert not (tmp_path / "a" / "CURRENT").exists()
+
+
+def test_a_connection_lost_part_way_reads_the_file_again(served, make_trips, monkeypatch, tmp_path):
+    """A server error after the footer was read (in the middle of the data) is retried by
+    reading the whole file again; the result equals a clean read."""
+    url, root = served
+    make_trips("jan.parquet", rows=200_000, seed=1, folder=root, row_group_size=50_000)
+    monkeypatch.setattr(reading, "RETRY_DELAY_S", 0.01)
+    RangeHandler.data_failures = 1
+    out = tmp_path / "a"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--train-data",
+            f"{url}/jan.parquet",
+            "--eval-data",
+            str(root / "jan.parquet"),
+            "--artifacts",
+            str(out),
+            "--output-format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert RangeHandler.data_failures == 0  # the failure happened, and was survived
+    assert "reading it again" in result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["rows_read"] == 200_000
+    assert summary["rmse_train"] == pytest.approx(summary["rmse_eval"], rel=1e-12)
