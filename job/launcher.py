@@ -230,8 +230,9 @@ class Progress:
     elapsed_s: float
 
     def line(self) -> str:
+        # The pod's part last: a scheduler's message can be long, and a terminal may clip it.
         pod = f", pod {self.pod}" if self.pod else ""
-        return f"{self.job}: {self.state}{pod}, {int(self.elapsed_s)}s"
+        return f"{self.job}: {self.state}, {int(self.elapsed_s)}s{pod}"
 
 
 @dataclass(frozen=True)
@@ -259,10 +260,21 @@ class RunResult:
 
 
 def pod_phase(pod: V1Pod) -> str:
-    """``Running``, or ``Pending (ImagePullBackOff)`` when a container waits for a reason."""
-    phase = (pod.status.phase if pod.status is not None else None) or "Pending"
-    for status in (pod.status.container_statuses or []) if pod.status is not None else []:
-        waiting = status.state.waiting if status.state is not None else None
+    """``Running``; ``Pending (ImagePullBackOff)`` when a container waits for a reason;
+    ``Pending: Unschedulable: 0/1 nodes are available: ...`` when the scheduler cannot place
+    the pod (its ``PodScheduled`` condition is ``False``)."""
+    status = pod.status
+    phase = (status.phase if status is not None else None) or "Pending"
+    if status is None:
+        return str(phase)
+    for condition in status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            why = [phase, condition.reason or "not scheduled"]
+            if condition.message:
+                why.append(" ".join(condition.message.split()))  # one line
+            return ": ".join(why)
+    for container in status.container_statuses or []:
+        waiting = container.state.waiting if container.state is not None else None
         if waiting is not None and waiting.reason and waiting.reason != "ContainerCreating":
             return f"{phase} ({waiting.reason})"
     return str(phase)

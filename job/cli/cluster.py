@@ -7,6 +7,7 @@ Thin commands: they load the cluster configuration when they run (never at impor
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from typing import IO, Any
 
 import click
 
-from job.cli.options import common_options, option, reporting
+from job.cli.options import ENV_PREFIX, common_options, option, render_text, reporting
 
 DEFAULT_NAMESPACE = "taxi-job"
 
@@ -47,12 +48,47 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-class ProgressPrinter:
-    """Progress on stderr: one line rewritten in place on a terminal, else a plain line at
-    each change; pod log lines on stdout, without tearing the progress line."""
+def settable(command: str) -> dict[str, str]:
+    """What ``--set`` may override for ``command``: the variable of each of its options,
+    with its short spelling (``TAXI_JOB_TRAIN_DATA``: ``train-data``)."""
+    from job.cli import cli
 
-    def __init__(self, err: IO[str], tty: bool):
-        self.err, self.tty = err, tty
+    ctx = click.get_current_context(silent=True) or click.Context(cli)
+    target = cli.get_command(ctx, command)
+    assert target is not None, command
+    found: dict[str, str] = {}
+    for param in target.params:
+        envvars = [param.envvar] if isinstance(param.envvar, str) else param.envvar or []
+        for envvar in envvars:
+            if envvar.startswith(ENV_PREFIX):
+                found[envvar] = envvar.removeprefix(ENV_PREFIX).lower().replace("_", "-")
+    return found
+
+
+def check_settings(command: str, overrides: Mapping[str, str]) -> None:
+    """A usage error (exit 2) for a setting ``command`` does not read: a typo would
+    otherwise become a variable that nothing reads, and the run would use the default."""
+    known = settable(command)
+    unknown = [name for name in overrides if name not in known]
+    if unknown:
+        named = ", ".join(
+            f"{name.removeprefix(ENV_PREFIX).lower().replace('_', '-')} ({name})"
+            for name in unknown
+        )
+        raise click.BadParameter(
+            f"{command} has no setting {named}; it has: {', '.join(sorted(known.values()))}",
+            ctx=click.get_current_context(silent=True),
+            param_hint="'--set'",
+        )
+
+
+class ProgressPrinter:
+    """Progress on stderr: one line rewritten in place on a terminal (clipped to its
+    ``width``, since a wrapped line cannot be rewritten), else a plain line at each change;
+    pod log lines on stdout, without tearing the progress line."""
+
+    def __init__(self, err: IO[str], tty: bool, width: int | None = None):
+        self.err, self.tty, self.width = err, tty, width
         self.current = ""
         self.last_plain: tuple[str, str | None] | None = None
         self.lock = threading.Lock()
@@ -60,7 +96,10 @@ class ProgressPrinter:
     def progress(self, progress: Any) -> None:
         with self.lock:
             if self.tty:
-                self.current = progress.line()
+                line = progress.line()
+                if self.width is not None and len(line) >= self.width:
+                    line = line[: max(self.width - 2, 0)] + "…"
+                self.current = line
                 self.err.write("\r\x1b[K" + self.current)
                 self.err.flush()
             elif (progress.state, progress.pod) != self.last_plain:
@@ -86,6 +125,20 @@ class ProgressPrinter:
             self.current = ""
 
 
+def _terminal_width(stream: IO[str]) -> int | None:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return None
+
+
+def _launch_text(summary: Mapping[str, Any]) -> str:
+    if "state" not in summary:
+        # Not waited for: the name alone, so that JOB=$(taxi-job launch train) works.
+        return str(summary["job"])
+    return render_text(summary)
+
+
 @click.command("launch")
 @click.argument("command", type=click.Choice(["train", "infer"]))
 @cluster_options
@@ -94,8 +147,9 @@ class ProgressPrinter:
     "settings",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a setting for this run only, e.g. train-data=s3://.../2024-02.parquet "
-    "(KEY as train-data or TAXI_JOB_TRAIN_DATA). Repeatable.",
+    help="Override an option of the command for this run only, e.g. "
+    "train-data=s3://.../2024-02.parquet (KEY as train-data or TAXI_JOB_TRAIN_DATA; an "
+    "option the command does not have is an error). Repeatable.",
 )
 @option(
     "--wait/--no-wait",
@@ -123,7 +177,7 @@ class ProgressPrinter:
     help="Start train even while another train Job is active.",
 )
 @common_options
-@reporting
+@reporting(text=_launch_text)
 def launch(
     command: str,
     namespace: str,
@@ -139,6 +193,7 @@ def launch(
     from job import kube, launcher
 
     overrides = launcher.parse_settings(settings)
+    check_settings(command, overrides)
     cluster = kube.connect(kubeconfig, context)
     job = launcher.launch(
         cluster.batch,
@@ -154,7 +209,11 @@ def launch(
         summary["settings"] = [f"{k}={v}" for k, v in overrides.items()]
     if not (wait or logs):
         return summary
-    printer = ProgressPrinter(sys.stderr, sys.stderr.isatty())
+    if click.get_current_context().params.get("output_format") == "text":
+        # The name first, before the pod's log: a script can read it from the first line.
+        click.echo(name)
+    tty = sys.stderr.isatty()
+    printer = ProgressPrinter(sys.stderr, tty, _terminal_width(sys.stderr) if tty else None)
     try:
         result = launcher.wait(
             cluster.batch,

@@ -199,11 +199,17 @@ def make_job(
 def make_pod(
     job: str, *, phase: str = "Succeeded", message: str | None = None, exit_code: int = 0,
     name: str | None = None, created: str = "2025-01-05T00:00:01Z", container: str = "",
+    unschedulable: str | None = None,
 ) -> dict[str, Any]:
     """A pod of ``job`` whose container (named after the command, as in the manifests)
-    ended with ``message``."""
+    ended with ``message``; or, ``Pending``, one the scheduler cannot place, for the reason
+    ``unschedulable``."""
     container = container or job.split("-")[0]
     status: dict[str, Any] = {"phase": phase}
+    if unschedulable is not None:
+        status["conditions"] = [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": unschedulable, "lastTransitionTime": created}]
     if phase in ("Succeeded", "Failed"):
         terminated: dict[str, Any] = {"exitCode": exit_code}
         if message is not None:
@@ -234,6 +240,8 @@ class FakeController:
     def __init__(self, fake: FakeCluster, *, outcome: str = "succeeded",
                  message: str | None = None, exit_code: int = 0, reason: str | None = None,
                  failure: str | None = None, delay: float = 0.2) -> None:
+        """``outcome``: ``succeeded``, ``failed``, ``hang`` (the pod runs on), or
+        ``unschedulable`` (the pod stays ``Pending``, the scheduler saying ``message``)."""
         self.fake, self.outcome, self.message = fake, outcome, message
         self.exit_code, self.reason, self.failure, self.delay = exit_code, reason, failure, delay
         self.error: BaseException | None = None
@@ -262,6 +270,10 @@ class FakeController:
         try:
             name = self._job_name()
             core, batch = self.fake.controller_core, self.fake.controller_batch
+            if self.outcome == "unschedulable":
+                core.create_namespaced_pod(
+                    NS, make_pod(name, phase="Pending", unschedulable=self.message))
+                return
             pod = make_pod(name, phase="Running")
             core.create_namespaced_pod(NS, pod)
             running = {"active": 1, "startTime": "2025-01-05T00:00:00Z"}

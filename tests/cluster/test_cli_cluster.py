@@ -39,6 +39,59 @@ def test_launch_no_wait_prints_the_job_name(fake: FakeCluster, kubeconfig: Path)
         'user "tester" (context "fake")'
 
 
+def test_launch_in_text_prints_only_the_job_name(fake: FakeCluster, kubeconfig: Path) -> None:
+    """So that ``JOB=$(taxi-job launch infer)`` works."""
+    fake.put(CRONJOBS, make_cronjob("infer"))
+
+    code, out, err = run("launch", "infer")
+
+    assert code == 0, err
+    [body] = fake.created_jobs()
+    assert out == body["metadata"]["name"] + "\n"
+
+
+@pytest.mark.parametrize("key", ["train-data", "TAXI_JOB_TRAIN_DATA", "eval_data",
+                                 "lock-timeout"])
+def test_set_takes_an_option_of_the_command_in_either_spelling(
+    fake: FakeCluster, kubeconfig: Path, key: str
+) -> None:
+    fake.put(CRONJOBS, make_cronjob("train"))
+
+    code, out, err = run("launch", "train", "--set", f"{key}=x")
+
+    assert code == 0, err
+    [body] = fake.created_jobs()
+    env = body["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[-1]["value"] == "x"
+    assert env[-1]["name"] in ("TAXI_JOB_TRAIN_DATA", "TAXI_JOB_EVAL_DATA",
+                               "TAXI_JOB_LOCK_TIMEOUT")
+
+
+def test_set_refuses_a_key_the_command_does_not_read(fake: FakeCluster, kubeconfig: Path) -> None:
+    fake.put(CRONJOBS, make_cronjob("train"))
+
+    code, out, err = run("launch", "train", "--set", "trian-data=/data/2024-02.parquet")
+
+    assert code == 2
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("Error: Invalid value for '--set': train has no setting "
+                              "trian-data (TAXI_JOB_TRIAN_DATA); it has: ")
+    valid = message.split("it has: ")[1].split(", ")
+    assert {"train-data", "eval-data", "artifacts", "min-duration"} <= set(valid)
+    assert "input" not in valid  # infer's, not train's
+    assert fake.requests() == []  # refused before contacting the server
+
+
+def test_set_refuses_another_commands_setting(fake: FakeCluster, kubeconfig: Path) -> None:
+    code, out, err = run("launch", "infer", "--set", "input=/x", "--set",
+                         "TAXI_JOB_TRAIN_DATA=/y")
+
+    assert code == 2
+    assert "infer has no setting train-data (TAXI_JOB_TRAIN_DATA); it has: " in err
+    assert "input (" not in err  # a valid key is not named as unknown
+    assert fake.requests() == []
+
+
 def test_namespace_from_the_environment(
     fake: FakeCluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,16 +117,47 @@ def test_launch_wait_logs_succeeds_with_the_runs_summary(
         code, out, err = run("launch", "train", "--logs", "--timeout", "30")
 
     assert code == 0, err
-    assert out.splitlines()[:2] == ["training", "done"]
-    fields = dict(line.split(None, 1) for line in out.splitlines()[2:])
+    [body] = fake.created_jobs()
+    name = body["metadata"]["name"]
+    # The Job's name first (before the log), then the pod's log, then the result.
+    assert out.splitlines()[:3] == [name, "training", "done"]
+    fields = dict(line.split(None, 1) for line in out.splitlines()[3:])
     assert fields["state"] == "succeeded"
     assert fields["model_version"] == "v9"
     assert fields["rmse_eval"] == "4.2500"
-    assert fields["job"].startswith("train-manual-")
+    assert fields["job"] == name
     # Plain progress lines on a non-terminal: one a change, with the pod's phase.
-    assert re.search(r"train-manual-\S+: pending, pod Running, \d+s", err) or \
-        re.search(r"train-manual-\S+: running, pod Running, \d+s", err)
-    assert re.search(r"train-manual-\S+: succeeded, pod Succeeded, \d+s", err)
+    assert re.search(r"train-manual-\S+: (pending|running), \d+s, pod Running$", err, re.M)
+    assert re.search(r"train-manual-\S+: succeeded, \d+s, pod Succeeded$", err, re.M)
+
+
+def test_launch_wait_in_json_prints_one_object(fake: FakeCluster, kubeconfig: Path) -> None:
+    fake.put(CRONJOBS, make_cronjob("infer"))
+
+    with FakeController(fake, message='{"rows_predicted": 12}'):
+        code, out, err = run("launch", "infer", "--wait", "--output-format", "json")
+
+    assert code == 0, err
+    [line] = out.splitlines()
+    summary = json.loads(line)
+    assert (summary["state"], summary["rows_predicted"]) == ("succeeded", 12)
+
+
+def test_launch_wait_shows_why_the_pod_cannot_be_scheduled(
+    fake: FakeCluster, kubeconfig: Path
+) -> None:
+    fake.put(CRONJOBS, make_cronjob("train"))
+    why = ("0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are "
+           "available: 1 No preemption victims found for incoming pod.")
+
+    with FakeController(fake, outcome="unschedulable", message=why):
+        code, out, err = run("launch", "train", "--wait", "--timeout", "1.5")
+
+    assert code == 124
+    [body] = fake.created_jobs()
+    assert out == body["metadata"]["name"] + "\n"  # the name, though the wait timed out
+    assert re.search(r"train-manual-\S+: pending, \ds, pod Pending: Unschedulable: "
+                     + re.escape(why) + "$", err, re.M)
 
 
 def test_launch_wait_exits_non_zero_with_the_reason(fake: FakeCluster, kubeconfig: Path) -> None:

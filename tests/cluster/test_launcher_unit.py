@@ -173,8 +173,8 @@ def test_progress_on_a_terminal_rewrites_one_line_around_the_logs(
     printer.close()
 
     assert err.getvalue() == (
-        "\r\x1b[Kj: running, pod Running, 3s" "\r\x1b[K" "j: running, pod Running, 3s"
-        "\r\x1b[Kj: succeeded, pod Succeeded, 5s" "\n"
+        "\r\x1b[Kj: running, 3s, pod Running" "\r\x1b[K" "j: running, 3s, pod Running"
+        "\r\x1b[Kj: succeeded, 5s, pod Succeeded" "\n"
     )
     assert capsys.readouterr().out == "hello\n"
 
@@ -187,4 +187,40 @@ def test_progress_elsewhere_prints_a_line_at_each_change() -> None:
         printer.progress(launcher.Progress("j", "running", "Running", elapsed))
     printer.progress(launcher.Progress("j", "succeeded", "Succeeded", 4))
 
-    assert err.getvalue() == "j: running, pod Running, 1s\nj: succeeded, pod Succeeded, 4s\n"
+    assert err.getvalue() == "j: running, 1s, pod Running\nj: succeeded, 4s, pod Succeeded\n"
+
+
+def test_progress_on_a_terminal_is_clipped_to_its_width() -> None:
+    """A wrapped line could not be rewritten in place."""
+    err = io.StringIO()
+    printer = ProgressPrinter(err, tty=True, width=30)
+
+    printer.progress(launcher.Progress("j", "pending", "Pending: Unschedulable: 0/3 nodes", 7))
+
+    assert err.getvalue() == "\r\x1b[K" "j: pending, 7s, pod Pending:…"
+    assert len(err.getvalue()) - len("\r\x1b[K") == 29
+
+
+@pytest.mark.parametrize(("status", "phase"), [
+    ({"phase": "Running"}, "Running"),
+    ({"phase": "Pending", "containerStatuses": [{
+        "name": "train", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}, "Pending (ImagePullBackOff)"),
+    ({"phase": "Pending", "containerStatuses": [{
+        "name": "train", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"waiting": {"reason": "ContainerCreating"}}}]}, "Pending"),
+    ({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 node(s) didn't match pod affinity rules.\n"}]},
+     "Pending: Unschedulable: 0/1 nodes are available: 1 node(s) didn't match pod affinity "
+     "rules."),
+    ({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]},
+     "Pending: SchedulingGated"),
+    ({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+     "Running"),
+])
+def test_pod_phase_says_why_a_pod_waits(status: dict[str, Any], phase: str) -> None:
+    pod = make_pod("train-1")
+    pod["status"] = status
+    assert launcher.pod_phase(model(pod, "V1Pod")) == phase
