@@ -10,11 +10,33 @@ cd "$(dirname "$0")/.."
 ns=taxi-job
 run=$(date +%Y%m%d%H%M%S)
 
+# Wait until the Job completes (return 0), fails or is not done after $2 seconds (return
+# 1). Not `kubectl wait --for=condition=complete`: it does not return when the Job fails,
+# so a failed run would hang here for the whole timeout. Since Kubernetes 1.31 the final
+# condition follows SuccessCriteriaMet or FailureTarget: only Complete or Failed ends it.
+wait_job() {
+    local job=$1 timeout=$2 deadline conditions
+    deadline=$((SECONDS + timeout))
+    while true; do
+        conditions=$(kubectl -n "$ns" get "job/$job" \
+            -o jsonpath='{.status.conditions[?(@.status=="True")].type}') || conditions=""
+        case " $conditions " in
+            *" Complete "*) return 0 ;;
+            *" Failed "*) echo "job/$job failed" >&2; return 1 ;;
+        esac
+        if ((SECONDS >= deadline)); then
+            echo "job/$job did not finish within ${timeout}s" >&2
+            return 1
+        fi
+        sleep 5
+    done
+}
+
 # Start a Job from a CronJob (a schedule or a suspended template) and wait for it.
 run_job() {
     local cronjob=$1 job="$1-$run" timeout=$2
     kubectl -n "$ns" create job "$job" --from="cronjob/$cronjob"
-    if ! kubectl -n "$ns" wait --for=condition=complete --timeout="$timeout" "job/$job"; then
+    if ! wait_job "$job" "$timeout"; then
         kubectl -n "$ns" describe "job/$job" | tail -n 20
         kubectl -n "$ns" logs "job/$job" --all-containers --tail=20 || true
         exit 1
@@ -25,9 +47,9 @@ run_job() {
 }
 
 kubectl apply -k .
-run_job seed-sample-data 10m
-run_job train 30m
-run_job infer 10m
+run_job seed-sample-data 600
+run_job train 1800
+run_job infer 600
 echo
 echo "Trained and predicted. From now on infer runs every minute and train every Sunday:"
 echo "  kubectl -n $ns get cronjobs,jobs,pods"
