@@ -103,7 +103,9 @@ def by_kind_name(manifests: list[Manifest]) -> Callable[[str, str], Manifest]:
 
 
 def pod_spec(workload: Manifest) -> Manifest:
-    """The pod spec of a CronJob or a Job."""
+    """The pod spec of a CronJob, a Job or a Pod."""
+    if workload["kind"] == "Pod":
+        return workload["spec"]  # type: ignore[no-any-return]
     if workload["kind"] == "CronJob":
         return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
     return workload["spec"]["template"]["spec"]  # type: ignore[no-any-return]

@@ -12,17 +12,21 @@ machines, which cannot pull one); set TAXI_JOB_TEST_IMAGE to test an image of yo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from job import __version__
 from job.errors import EXIT_NO_MODEL, EXIT_OK
@@ -237,3 +241,67 @@ def test_image_holds_the_locked_dependencies_and_no_build_tools(image: str) -> N
     version = subprocess.run([podman, "run", "--rm", "--pull=never", image, "--version"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
     assert version.strip() == f"taxi-job, version {__version__}"
+
+
+def test_volume_shell_copies_files_off_and_onto_the_volume(
+    image: str, claim: tuple[str, Path], tmp_path: Path
+) -> None:
+    """What ``kubectl cp`` and ``kubectl exec`` run in manifests/tools/volume-shell.yaml
+    (tar, mv), in a container made as that pod: the image has them, and they work as
+    user 10001 on a read-only root."""
+    podman = find_tool("podman")
+    volume, on_host = claim
+    spec = pod_spec(yaml.safe_load((ROOT / "manifests/tools/volume-shell.yaml").read_text()))
+    (container,) = spec["containers"]
+    pod_context = spec["securityContext"]
+    predictions = on_host / "artifacts" / "predictions"
+    predictions.mkdir(parents=True)
+    pq.write_table(pa.table({"predicted_duration": [7.5, 12.0]}), predictions / "m.parquet")
+    incoming = on_host / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    os.chown(incoming, 0, pod_context["fsGroup"])  # as fsGroup leaves the volume's folders
+    incoming.chmod(0o2775)
+
+    name = f"taxi-job-volume-shell-{os.getpid()}"
+    entrypoint, *args = container["command"]
+    subprocess.run(
+        [podman, "run", "--detach", "--name", name, "--network=none", "--pull=never",
+         "--user", f"{pod_context['runAsUser']}:{pod_context['runAsGroup']}",
+         "--group-add", str(pod_context["fsGroup"]),
+         "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
+         "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
+         "--volume", f"{volume}:/var/lib/taxi-job", "--entrypoint", entrypoint, image, *args],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    try:
+        # kubectl cp taxi-job/volume-shell:/var/lib/taxi-job/artifacts/predictions ./out
+        out = subprocess.run(
+            [podman, "exec", name, "tar", "cf", "-", "-C", "/var/lib/taxi-job/artifacts",
+             "predictions"], capture_output=True, timeout=60, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(out)) as archive:
+            archive.extractall(tmp_path, filter="data")
+        copied = pq.read_table(tmp_path / "predictions" / "m.parquet")
+        assert copied.column("predicted_duration").to_pylist() == [7.5, 12.0]
+
+        # kubectl cp new.parquet taxi-job/volume-shell:/var/lib/taxi-job/data/incoming/.new.parquet
+        payload = io.BytesIO()
+        with tarfile.open(fileobj=payload, mode="w") as archive:
+            info = tarfile.TarInfo(".new.parquet")
+            info.size = 4
+            archive.addfile(info, io.BytesIO(b"PAR1"))
+        subprocess.run(
+            [podman, "exec", "--interactive", name, "tar", "xmf", "-", "-C",
+             "/var/lib/taxi-job/data/incoming"],
+            input=payload.getvalue(), capture_output=True, timeout=60, check=True)
+        # kubectl exec volume-shell -- mv .../.new.parquet .../new.parquet
+        subprocess.run(
+            [podman, "exec", name, "mv", "/var/lib/taxi-job/data/incoming/.new.parquet",
+             "/var/lib/taxi-job/data/incoming/new.parquet"],
+            capture_output=True, timeout=60, check=True)
+        moved = incoming / "new.parquet"
+        assert moved.read_bytes() == b"PAR1"
+        assert (moved.stat().st_uid, moved.stat().st_gid) == (
+            pod_context["runAsUser"], pod_context["fsGroup"])
+    finally:
+        subprocess.run([podman, "rm", "--force", "--time", "0", name],
+                       capture_output=True, check=False)
