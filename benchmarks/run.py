@@ -304,7 +304,7 @@ def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]
     speed = [s.train_tb.seconds / s.train_tj.seconds for s in scales]
     row(
         "train speed-up",
-        [f"{x:.0f}× {verdict(x >= TARGET_TRAIN_SPEEDUP)}" for x in speed],
+        [f"{x:.1f}× {verdict(x >= TARGET_TRAIN_SPEEDUP)}" for x in speed],
         f"≥ {TARGET_TRAIN_SPEEDUP:.0f}×",
     )
     row("infer: textbook s", [f"{s.infer_tb.seconds:.1f}" for s in scales])
