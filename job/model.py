@@ -54,19 +54,20 @@ class PairAccumulator:
         """Add the rows of ``pu`` and ``do`` selected by ``keep`` (all when None); ``y``
         holds the targets of just those rows."""
         lowest = min(int(pu.min(initial=0)), int(do.min(initial=0)))
-        highest = max(int(pu.max(initial=0)), int(do.max(initial=0)))
-        if lowest < -1 or highest > DENSE_SPAN - 2:
+        pu_max, do_max = int(pu.max(initial=-1)), int(do.max(initial=-1))
+        if lowest < -1 or max(pu_max, do_max) > DENSE_SPAN - 2:
             if keep is not None:
                 pu, do = pu[keep], do[keep]
             inside = (pu >= -1) & (pu < DENSE_SPAN - 1) & (do >= -1) & (do < DENSE_SPAN - 1)
             self._add_sparse(pu[~inside], do[~inside], y[~inside])
             pu, do, y, keep = pu[inside], do[inside], y[inside], None
+            pu_max, do_max = int(pu.max(initial=-1)), int(do.max(initial=-1))
         if pu.size == 0:
             return
         # Count into a table just big enough for this batch's ids (TLC: 267 x 267), then
         # add it to the corner of the dense table: less memory to clear and add per batch.
-        rows = int(pu.max()) + 2
-        cols = int(do.max()) + 2
+        rows = pu_max + 2
+        cols = do_max + 2
         code = (pu + 1) * cols + (do + 1)
         if keep is not None:
             code = code[keep]

@@ -48,21 +48,20 @@ def missing_column(folder: Path) -> tuple[Path, str]:
     return path, "missing required column(s) DOLocationID"
 
 
-def wrong_type(folder: Path) -> tuple[Path, str]:
-    path = folder / "strings.parquet"
+def _column_as_strings(path: Path, column: str) -> Path:
     table = pq.read_table(good(path))
-    index = table.schema.get_field_index("PULocationID")
-    table = table.set_column(index, "PULocationID", table.column(index).cast(pa.string()))
-    pq.write_table(table, path)
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, column, table.column(index).cast(pa.string())), path)
+    return path
+
+
+def wrong_type(folder: Path) -> tuple[Path, str]:
+    path = _column_as_strings(folder / "strings.parquet", "PULocationID")
     return path, "column PULocationID has type string, expected an integer"
 
 
 def wrong_time_type(folder: Path) -> tuple[Path, str]:
-    path = folder / "times.parquet"
-    table = pq.read_table(good(path))
-    index = table.schema.get_field_index("tpep_pickup_datetime")
-    table = table.set_column(index, "tpep_pickup_datetime", table.column(index).cast(pa.string()))
-    pq.write_table(table, path)
+    path = _column_as_strings(folder / "times.parquet", "tpep_pickup_datetime")
     return path, "column tpep_pickup_datetime has type string, expected a timestamp"
 
 
