@@ -140,9 +140,11 @@ def _remove_leftovers(root: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def publish(root: Path, model: Model, metadata: dict[str, Any]) -> str:
-    """Write a new immutable version and make it current; return its name. Call it while
-    holding :func:`training_lock`."""
+def publish(
+    root: Path, model: Model, metadata: dict[str, Any], *, make_current: bool = True
+) -> str:
+    """Write a new immutable version and (unless ``make_current`` is false) make it current;
+    return its name. Call it while holding :func:`training_lock`."""
     weights = model.to_dict()
     content_hash = hashlib.sha256(json.dumps(weights).encode()).hexdigest()
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + content_hash[:8]
@@ -162,9 +164,16 @@ def publish(root: Path, model: Model, metadata: dict[str, Any]) -> str:
         fsync_dir(tmp)
         os.rename(tmp, models / version)
         fsync_dir(models)
-        write_atomic(root / CURRENT, (version + "\n").encode())
+    if make_current:
+        set_current(root, version)
     logger.info("published model %s", version, extra={"model_version": version})
     return version
+
+
+def set_current(root: Path, version: str) -> None:
+    """Point ``CURRENT`` at ``version`` atomically. Call it while holding the lock."""
+    with writing("CURRENT"):
+        write_atomic(root / CURRENT, (version + "\n").encode())
 
 
 def current_version(root: str | os.PathLike[str]) -> str:

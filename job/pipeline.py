@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from job import __version__, artifacts, reading
+from job import __version__, artifacts, reading, registry
 from job.errors import BadInputError
 from job.model import Model, PairAccumulator, PairStats, fit, rmse
 
@@ -62,6 +62,13 @@ class TrainConfig:
     """Longest trip kept, minutes (inclusive)."""
     lock_timeout: float = 0.0
     """Seconds to wait for another training's lock before failing."""
+    promote: str = "gate"
+    """``gate``: make the new model current only if it scores no worse than the current one
+    (within ``promotion_tolerance``); ``always``; ``never`` (publish it as a candidate)."""
+    promotion_tolerance: float = 0.01
+    """How much worse (relative evaluation RMSE) the new model may be and still be promoted."""
+    keep_versions: int = 20
+    """Versions kept after publishing (besides the current one and the one it replaced)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,8 @@ def _aggregate_file(
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Fit on the training data, evaluate on the evaluation data, publish; return the summary."""
+    """Fit on the training data, evaluate on the evaluation data, publish, and make the new
+    model current if it passes the promotion gate; return the summary."""
     for name, value in (
         ("--min-duration", config.min_duration),
         ("--max-duration", config.max_duration),
@@ -157,11 +165,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"--min-duration {config.min_duration:g} must be below "
             f"--max-duration {config.max_duration:g}"
         )
+    if not (math.isfinite(config.promotion_tolerance) and config.promotion_tolerance >= 0):
+        raise BadInputError(
+            f"--promotion-tolerance {config.promotion_tolerance}: must be a finite number >= 0"
+        )
+    if config.promote not in registry.POLICIES:
+        raise BadInputError(
+            f"--promote {config.promote}: must be one of {', '.join(registry.POLICIES)}"
+        )
     started = time.perf_counter()
     # The lock covers the whole run: a second training fails (or waits) at once instead
     # of reading everything first, and two never publish over each other.
     with artifacts.training_lock(config.artifacts, config.lock_timeout):
-        model, metrics, inputs = _fit_and_evaluate(config)
+        model, metrics, inputs, evaluation = _fit_and_evaluate(config)
         metadata = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "package_version": __version__,
@@ -171,16 +187,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "metrics": metrics,
             "inputs": inputs,
         }
-        version = artifacts.publish(config.artifacts, model, metadata)
+        gate = registry.publish_trained(
+            config.artifacts,
+            model,
+            metadata,
+            evaluation,
+            policy=config.promote,
+            tolerance=config.promotion_tolerance,
+            keep=config.keep_versions,
+        )
     return {
-        "model_version": version,
+        "model_version": gate.pop("version"),
         **metrics,
+        **gate,
         "artifacts": str(config.artifacts),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
 
-def _fit_and_evaluate(config: TrainConfig) -> tuple[Model, dict[str, Any], dict[str, Any]]:
+def _fit_and_evaluate(
+    config: TrainConfig,
+) -> tuple[Model, dict[str, Any], dict[str, Any], PairStats]:
     low, high = config.min_duration, config.max_duration
     # The evaluation month is summarised like the training month, before the model exists.
     # (Reading both at once in two threads was measured: no faster, numpy holds the GIL.)
@@ -196,7 +223,8 @@ def _fit_and_evaluate(config: TrainConfig) -> tuple[Model, dict[str, Any], dict[
         "eval_rows_kept": evaluation.rows_kept,
         "features": model.features,
     }
-    return model, metrics, {"train": training.fingerprints, "eval": evaluation.fingerprints}
+    inputs = {"train": training.fingerprints, "eval": evaluation.fingerprints}
+    return model, metrics, inputs, evaluation.stats
 
 
 def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:

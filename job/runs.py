@@ -236,6 +236,11 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
             text += f", rmse eval {_num(summary['rmse_eval'], 3)}"
         if "rmse_train" in summary:
             text += f" train {_num(summary['rmse_train'], 3)}"
+        if is_rejected(command, summary):
+            text += (
+                f"; kept {summary.get('champion_version')} "
+                f"(rmse eval {_num(summary['rmse_eval_champion'], 3)})"
+            )
         return text
     if command == "infer" and "inputs_predicted" in summary:
         text = f"{summary['inputs_predicted']} inputs, {summary.get('rows_predicted', '?')} rows"
@@ -247,6 +252,12 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
     if "message" in summary:
         return str(summary["message"])
     return json.dumps(summary, default=str)[:120]
+
+
+def is_rejected(command: str, summary: Mapping[str, Any]) -> bool:
+    """A training that succeeded but whose model failed the promotion gate (the Job did
+    its work; the model it made is not current)."""
+    return command == "train" and summary.get("gate") == "rejected"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -269,6 +280,8 @@ def render_table(runs: Sequence[Mapping[str, Any]]) -> str:
     rows = [header]
     for run in runs:
         state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
+        if run["state"] == "succeeded" and is_rejected(run["command"], run.get("summary") or {}):
+            state = "rejected"
         start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
         rows.append(
             (

@@ -23,6 +23,7 @@ COMMANDS = {
     "fetch": "job.cli.data:fetch",
     "launch": "job.cli.cluster:launch",
     "runs": "job.cli.cluster:runs",
+    "models": "job.cli.models:models",
 }
 
 

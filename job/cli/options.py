@@ -38,6 +38,15 @@ def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
     return click.option(*param_decls, **attrs)
 
 
+#: The shared volume's artifacts folder, for every command that works on it.
+artifacts_option = option(
+    "--artifacts",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Artifacts folder: model versions, CURRENT, predictions.",
+)
+
+
 def common_options(func: F) -> F:
     """Logging, output format and termination-log options, for every command."""
     decorators = [
@@ -131,25 +140,36 @@ def write_termination_log(path: Path, summary: Mapping[str, Any]) -> None:
 
 Body = Callable[..., Mapping[str, Any]]
 TextRenderer = Callable[[Mapping[str, Any]], str]
+JsonPayload = Callable[[Mapping[str, Any]], Any]
 
 
 @overload
 def reporting(func: Body, /) -> Callable[..., None]: ...
 @overload
-def reporting(*, text: TextRenderer) -> Callable[[Body], Callable[..., None]]: ...
 def reporting(
-    func: Body | None = None, /, *, text: TextRenderer = render_text
+    *, text: TextRenderer = ..., payload: JsonPayload | None = ...
+) -> Callable[[Body], Callable[..., None]]: ...
+def reporting(
+    func: Body | None = None,
+    /,
+    *,
+    text: TextRenderer = render_text,
+    payload: JsonPayload | None = None,
 ) -> Callable[..., None] | Callable[[Body], Callable[..., None]]:
     """Wrap a command body that returns its summary: configure logging, print the summary,
     and turn the project's exceptions into one clear line on stderr and their exit code.
 
-    ``@reporting(text=...)`` renders the text summary its own way (a table, say)."""
+    ``@reporting(text=...)`` renders the text summary its own way (a table, say);
+    ``payload`` picks what ``--output-format json`` prints (a list, say; the termination
+    log keeps the whole summary, an object)."""
     if func is None:
-        return functools.partial(_reporting, text=text)
-    return _reporting(func, text=text)
+        return functools.partial(_reporting, text=text, payload=payload)
+    return _reporting(func, text=text, payload=payload)
 
 
-def _reporting(func: Body, text: TextRenderer) -> Callable[..., None]:
+def _reporting(
+    func: Body, text: TextRenderer, payload: JsonPayload | None = None
+) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(
         *args: Any,
@@ -169,9 +189,8 @@ def _reporting(func: Body, text: TextRenderer) -> Callable[..., None]:
             raise
         except Exception as exc:  # a bug: still one line, the traceback only with -v
             fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
-        as_json = json.dumps(summary, default=str, sort_keys=False)
         if output_format == "json":
-            click.echo(as_json)
+            click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
         else:
             click.echo(text(summary))
         if termination_log is not None:

@@ -8,14 +8,7 @@ from typing import Any
 import click
 
 from job import pipeline
-from job.cli.options import common_options, option, reporting
-
-artifacts_option = option(
-    "--artifacts",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Artifacts folder: model versions, CURRENT, predictions.",
-)
+from job.cli.options import artifacts_option, common_options, option, reporting
 
 
 @click.command("train")
@@ -53,10 +46,34 @@ artifacts_option = option(
     show_default=True,
     help="Seconds to wait when another training holds the lock.",
 )
+@option(
+    "--promote",
+    type=click.Choice(["gate", "always", "never"]),
+    default="gate",
+    show_default=True,
+    help="gate: make the new model current only if its evaluation RMSE is within the "
+    "tolerance of the current model's on the same rows; always; never (a candidate, for "
+    "`taxi-job models promote`).",
+)
+@option(
+    "--promotion-tolerance",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    show_default=True,
+    help="How much worse (relative RMSE) the new model may be and still be promoted.",
+)
+@option(
+    "--keep-versions",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Delete older versions beyond this many after publishing (never the current "
+    "one nor the one it replaced).",
+)
 @common_options
 @reporting
 def train(**options: Any) -> dict[str, Any]:
-    """Fit the duration model and publish it as the current version."""
+    """Fit the duration model, publish it, and make it current if it passes the gate."""
     return pipeline.train(pipeline.TrainConfig(**options))
 
 

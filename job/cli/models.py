@@ -1,0 +1,168 @@
+"""``taxi-job models``: list, show, promote (roll back), prune, and the promotion history.
+
+Thin commands over :mod:`job.registry`. Exit codes: 2 for a version that does not exist,
+3 for one that fails its checksum, 75 while another training or promotion holds the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from job import registry
+from job.cli.options import artifacts_option, common_options, option, render_text, reporting
+
+lock_timeout_option = option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait when a training or another promotion holds the lock.",
+)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as aligned columns, like ``kubectl get``; the last column is not padded."""
+    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in cells
+    )
+
+
+def _score(value: Any) -> str | None:
+    return f"{value:.4f}" if isinstance(value, int | float) else None
+
+
+def render_list(summary: Mapping[str, Any]) -> str:
+    versions = summary["versions"]
+    if not versions:
+        return f"no model versions in {summary['artifacts']}"
+    rows = [
+        (
+            v["version"],
+            v["status"] + ("" if v["verified"] else " (CORRUPT)"),
+            v["created"],
+            _score(v["rmse_train"]),
+            _score(v["rmse_eval"]),
+            v["rows"],
+            ", ".join(Path(str(u)).name for u in v["train_inputs"]) or None,
+        )
+        for v in versions
+    ]
+    header = ("VERSION", "STATUS", "CREATED", "RMSE TRAIN", "RMSE EVAL", "ROWS", "TRAINED ON")
+    return table(header, rows)
+
+
+def render_history(summary: Mapping[str, Any]) -> str:
+    entries = summary["history"]
+    if not entries:
+        return f"no promotion yet in {summary['artifacts']}"
+    rows = [
+        (
+            e.get("time"),
+            e.get("cause"),
+            e.get("version"),
+            e.get("previous_version"),
+            e.get("by"),
+            e.get("reason"),
+        )
+        for e in entries
+    ]
+    return table(("TIME (UTC)", "CAUSE", "VERSION", "PREVIOUS", "BY", "REASON"), rows)
+
+
+def render_show(summary: Mapping[str, Any]) -> str:
+    """Scalars as ``key: value`` lines, nested metadata (metrics, inputs, gate) as JSON."""
+    import json
+
+    flat = {
+        k: json.dumps(v, default=str) if isinstance(v, dict | list) else v
+        for k, v in summary.items()
+    }
+    return render_text(flat)
+
+
+#: How each subcommand's summary reads as text: also used by ``taxi-job launch models``.
+RENDERERS = {
+    "list": render_list,
+    "history": render_history,
+    "show": render_show,
+    "promote": render_text,
+    "prune": render_text,
+}
+
+
+@click.group("models")
+def models() -> None:
+    """See the model versions, compare them, roll back, and delete old ones."""
+
+
+@models.command("list")
+@artifacts_option
+@common_options
+@reporting(text=render_list, payload=lambda s: s["versions"])
+def list_(artifacts: Path) -> Mapping[str, Any]:
+    """Every model version, newest first, with its status and scores."""
+    return {"artifacts": str(artifacts), "versions": registry.list_versions(artifacts)}
+
+
+@models.command("show")
+@click.argument("version", default="current")
+@artifacts_option
+@common_options
+@reporting(text=render_show)
+def show(version: str, artifacts: Path) -> Mapping[str, Any]:
+    """The whole metadata of a version (VERSION, or `current`), verified."""
+    return registry.show(artifacts, version)
+
+
+@models.command("promote")
+@click.argument("version")
+@artifacts_option
+@option("--reason", default=None, metavar="TEXT", help="Why, for the promotion history.")
+@option(
+    "--by",
+    default=None,
+    metavar="NAME",
+    help="Who, for the promotion history.  [default: user@host]",
+)
+@lock_timeout_option
+@common_options
+@reporting
+def promote(
+    version: str, artifacts: Path, reason: str | None, by: str | None, lock_timeout: float
+) -> Mapping[str, Any]:
+    """Make a version current (an older one: a rollback); it is verified first."""
+    return registry.promote(artifacts, version, reason=reason, by=by, lock_timeout=lock_timeout)
+
+
+@models.command("prune")
+@artifacts_option
+@option(
+    "--keep",
+    type=click.IntRange(min=1),
+    required=True,
+    metavar="N",
+    help="Keep the newest N versions, and always the current one and the one it replaced.",
+)
+@lock_timeout_option
+@common_options
+@reporting
+def prune(artifacts: Path, keep: int, lock_timeout: float) -> Mapping[str, Any]:
+    """Delete old model versions (each one atomically)."""
+    return registry.prune(artifacts, keep, lock_timeout)
+
+
+@models.command("history")
+@artifacts_option
+@common_options
+@reporting(text=render_history, payload=lambda s: s["history"])
+def history(artifacts: Path) -> Mapping[str, Any]:
+    """Every change of the current version, newest first: trainings, promotions, rollbacks."""
+    entries = list(reversed(registry.read_history(artifacts)))
+    return {"artifacts": str(artifacts), "history": entries}
