@@ -231,7 +231,7 @@ def test_options_come_from_the_environment(months, tmp_path):
     assert artifacts.load(out).metadata["max_duration"] == 30.0
     # A flag wins over the environment.
     summary2 = last_json(invoke("train", "--max-duration", "45", env=env).stdout)
-    assert artifacts.load(out).metadata["max_duration"] == 45.0
+    assert artifacts.load(out, summary2["model_version"]).metadata["max_duration"] == 45.0
     assert summary2["rows_kept"] > summary["rows_kept"]
     report = last_json(
         invoke(
