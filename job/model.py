@@ -83,6 +83,21 @@ class PairAccumulator:
         for key, values in other._sparse.items():
             self._sparse.setdefault(key, np.zeros(3))[:] += values
 
+    def add_stats(self, stats: PairStats) -> None:
+        """Add the rows another accumulator summarised (a shard's partial statistics)."""
+        inside = (stats.pu >= -1) & (stats.pu < DENSE_SPAN - 1)
+        inside &= (stats.do >= -1) & (stats.do < DENSE_SPAN - 1)
+        # Each pair appears once in ``stats``, so fancy-index addition counts it once.
+        for i, values in enumerate((stats.n, stats.s, stats.q)):
+            self._dense[i, stats.pu[inside] + 1, stats.do[inside] + 1] += values[inside]
+        outside = np.flatnonzero(~inside)
+        for k, a, b in zip(outside, stats.pu[outside], stats.do[outside], strict=True):
+            self._sparse.setdefault((int(a), int(b)), np.zeros(3))[:] += (
+                stats.n[k],
+                stats.s[k],
+                stats.q[k],
+            )
+
     def _add_sparse(self, pu: np.ndarray, do: np.ndarray, y: np.ndarray) -> None:
         keys, inverse = np.unique(np.stack([pu, do], axis=1), axis=0, return_inverse=True)
         inverse = inverse.ravel()

@@ -17,6 +17,7 @@ import platform
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from job import __version__, artifacts, reading, registry
+from job import __version__, artifacts, reading, registry, shards
 from job.errors import BadInputError
-from job.model import Model, PairAccumulator, PairStats, fit, rmse
+from job.model import PairAccumulator, PairStats, fit, rmse
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ class TrainConfig:
     """How much worse (relative evaluation RMSE) the new model may be and still be promoted."""
     keep_versions: int = 20
     """Versions kept after publishing (besides the current one and the one it replaced)."""
+    shards: int = 1
+    """How many processes share the reading (see :mod:`job.shards`); 1: this one reads all."""
+    shard_index: int = 0
+    """Which share this process reads, from 0 to ``shards - 1``."""
+    run_id: str | None = None
+    """The training all shards belong to: names the folder of their partial statistics."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,10 @@ class InferConfig:
     """Where predictions go; ``<artifacts>/predictions`` by default."""
     force: bool = False
     """Predict inputs again even when the current model has predicted them already."""
+    shards: int = 1
+    """How many processes share the inputs; each input goes to one (:func:`shards.owner`)."""
+    shard_index: int = 0
+    """Which share this process predicts, from 0 to ``shards - 1``."""
 
 
 @dataclass(frozen=True)
@@ -110,36 +121,60 @@ def bounds_us(low: float, high: float) -> tuple[int, int]:
 def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
     """Stream every file of a source into pair statistics of the trips lasting from ``low``
     to ``high`` minutes; raise ``BadInputError`` when no trip is left."""
+    sources = reading.resolve(uri)
+    result = aggregate_parts(sources, [(k, None) for k in range(len(sources))], low, high, role)
+    require_trips(result, uri, low, high, role)
+    return result
+
+
+def aggregate_parts(
+    sources: Sequence[reading.Source],
+    parts: Sequence[shards.Part],
+    low: float,
+    high: float,
+    role: str,
+) -> Aggregate:
+    """Pair statistics of the trips lasting ``low`` to ``high`` minutes in ``parts`` of
+    ``sources`` (all of a source, or one shard's share of it)."""
     accumulator = PairAccumulator()
     first, last = bounds_us(low, high)
     rows_read = rows_kept = 0
     fingerprints = []
-    for source in reading.resolve(uri):
+    for index, row_groups in parts:
+        source = sources[index]
         parquet = reading.open_parquet(source)
         fingerprints.append(reading.fingerprint(source, parquet))
-        part, read, kept = reading.whole_pass(
-            source, parquet, functools.partial(_aggregate_file, first=first, last=last)
-        )
+        work = functools.partial(_aggregate_file, first=first, last=last, row_groups=row_groups)
+        part, read, kept = reading.whole_pass(source, parquet, work)
         accumulator.merge(part)
         rows_read += read
         rows_kept += kept
         logger.info("read %s", source.uri, extra={"role": role, "rows_read": rows_read})
-    if rows_kept == 0:
-        raise BadInputError(
-            f"{uri}: no {role} trip lasts between {low:g} and {high:g} minutes "
-            f"({rows_read} rows read)"
-        )
     return Aggregate(accumulator.result(), rows_read, rows_kept, fingerprints)
 
 
+def require_trips(result: Aggregate, uri: str, low: float, high: float, role: str) -> None:
+    """Raise ``BadInputError`` when no trip of ``uri`` was kept."""
+    if result.rows_kept == 0:
+        raise BadInputError(
+            f"{uri}: no {role} trip lasts between {low:g} and {high:g} minutes "
+            f"({result.rows_read} rows read)"
+        )
+
+
 def _aggregate_file(
-    source: reading.Source, parquet: pq.ParquetFile, first: int, last: int
+    source: reading.Source,
+    parquet: pq.ParquetFile,
+    first: int,
+    last: int,
+    row_groups: Sequence[int] | None = None,
 ) -> tuple[PairAccumulator, int, int]:
-    """One file's pair statistics of the trips lasting ``first`` to ``last`` microseconds,
-    and its rows read and kept."""
+    """One file's (or some of its row groups') pair statistics of the trips lasting
+    ``first`` to ``last`` microseconds, and its rows read and kept."""
     accumulator = PairAccumulator()
     rows_read = rows_kept = 0
-    for batch in reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet):
+    batches = reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet, row_groups=row_groups)
+    for batch in batches:
         assert batch.dropoff_us is not None
         duration = batch.dropoff_us - batch.pickup_us
         keep = (duration >= first) & (duration <= last)  # both ends inclusive
@@ -151,9 +186,8 @@ def _aggregate_file(
     return accumulator, rows_read, rows_kept
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Fit on the training data, evaluate on the evaluation data, publish, and make the new
-    model current if it passes the promotion gate; return the summary."""
+def check_options(config: TrainConfig) -> None:
+    """Raise ``BadInputError`` for bad duration bounds or promotion options."""
     for name, value in (
         ("--min-duration", config.min_duration),
         ("--max-duration", config.max_duration),
@@ -173,46 +207,37 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise BadInputError(
             f"--promote {config.promote}: must be one of {', '.join(registry.POLICIES)}"
         )
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Fit on the training data, evaluate on the evaluation data, publish, and make the new
+    model current if it passes the promotion gate; return the summary."""
+    check_options(config)
+    shards.check(config.shards, config.shard_index, config.run_id, needs_run_id=False)
     started = time.perf_counter()
+    low, high = config.min_duration, config.max_duration
     # The lock covers the whole run: a second training fails (or waits) at once instead
     # of reading everything first, and two never publish over each other.
     with artifacts.training_lock(config.artifacts, config.lock_timeout):
-        model, metrics, inputs, evaluation = _fit_and_evaluate(config)
-        metadata = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "package_version": __version__,
-            "python": platform.python_version(),
-            "min_duration": config.min_duration,
-            "max_duration": config.max_duration,
-            "metrics": metrics,
-            "inputs": inputs,
-        }
-        gate = registry.publish_trained(
-            config.artifacts,
-            model,
-            metadata,
-            evaluation,
-            policy=config.promote,
-            tolerance=config.promotion_tolerance,
-            keep=config.keep_versions,
-        )
-    return {
-        "model_version": gate.pop("version"),
-        **metrics,
-        **gate,
-        "artifacts": str(config.artifacts),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+        # The evaluation month is summarised like the training month, before the model
+        # exists. (Reading both at once in two threads was measured: no faster, numpy
+        # holds the GIL.)
+        training = aggregate(config.train_data, low, high, "training")
+        evaluation = aggregate(config.eval_data, low, high, "evaluation")
+        summary = finish(config, training, evaluation)
+    return {**summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _fit_and_evaluate(
+def finish(
     config: TrainConfig,
-) -> tuple[Model, dict[str, Any], dict[str, Any], PairStats]:
-    low, high = config.min_duration, config.max_duration
-    # The evaluation month is summarised like the training month, before the model exists.
-    # (Reading both at once in two threads was measured: no faster, numpy holds the GIL.)
-    training = aggregate(config.train_data, low, high, "training")
-    evaluation = aggregate(config.eval_data, low, high, "evaluation")
+    training: Aggregate,
+    evaluation: Aggregate,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit the model of ``training``, score it on both, publish it with ``extra`` in its
+    metadata, and make it current if it passes the promotion gate; return the summary. The
+    one-process training and the reducing shard of a sharded one both end here; call it
+    while holding :func:`artifacts.training_lock`."""
     model = fit(training.stats)
     metrics = {
         "rmse_train": rmse(model, training.stats),
@@ -223,8 +248,31 @@ def _fit_and_evaluate(
         "eval_rows_kept": evaluation.rows_kept,
         "features": model.features,
     }
-    inputs = {"train": training.fingerprints, "eval": evaluation.fingerprints}
-    return model, metrics, inputs, evaluation.stats
+    metadata = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "package_version": __version__,
+        "python": platform.python_version(),
+        "min_duration": config.min_duration,
+        "max_duration": config.max_duration,
+        "metrics": metrics,
+        "inputs": {"train": training.fingerprints, "eval": evaluation.fingerprints},
+        **(extra or {}),
+    }
+    gate = registry.publish_trained(
+        config.artifacts,
+        model,
+        metadata,
+        evaluation.stats,
+        policy=config.promote,
+        tolerance=config.promotion_tolerance,
+        keep=config.keep_versions,
+    )
+    return {
+        "model_version": gate.pop("version"),
+        **metrics,
+        **gate,
+        "artifacts": str(config.artifacts),
+    }
 
 
 def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:
@@ -344,6 +392,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def infer(config: InferConfig) -> dict[str, Any]:
     """Predict every input the current model has not predicted yet; publish all or nothing."""
+    shards.check(config.shards, config.shard_index, None, needs_run_id=False)
     started = time.perf_counter()
     artifact = artifacts.load(config.artifacts)  # resolves CURRENT once for the whole run
     out_dir = config.predictions or config.artifacts / PREDICTIONS
@@ -355,6 +404,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
             f"{config.input}: several inputs named {sorted(clash)[0]}; "
             "predictions are named after their input"
         )
+    sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
     with artifacts.writing("predictions"):
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out_dir)

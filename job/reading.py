@@ -16,7 +16,7 @@ import posixpath
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -379,15 +379,18 @@ def iter_batches(
     columns: tuple[str, ...],
     parquet: pq.ParquetFile | None = None,
     batch_rows: int = BATCH_ROWS,
+    row_groups: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
-    """Stream a checked file in slices of ``batch_rows``; raise ``BadInputError`` for a file
-    with no rows or one that turns out corrupt part-way."""
+    """Stream a checked file (only ``row_groups`` when given) in slices of ``batch_rows``;
+    raise ``BadInputError`` for a file with no rows or one that turns out corrupt part-way."""
     parquet = parquet or open_parquet(source)
     check_schema(source, parquet.schema_arrow, columns)
     if parquet.metadata.num_rows == 0:
         raise BadInputError(f"{source.uri}: the file has no rows")
     batches = prefetched(
-        parquet.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
+        parquet.iter_batches(
+            batch_size=batch_rows, row_groups=row_groups, columns=list(columns), use_threads=True
+        )
     )
     pool = pa.default_memory_pool()
     for count in itertools.count(1):

@@ -278,6 +278,21 @@ def parse_month(month: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def month_range(spec: str) -> list[str]:
+    """``"2021-01"`` -> ``["2021-01"]``; ``"2021-11..2022-02"`` -> the four months from the
+    first to the last, inclusive. ValueError for anything else."""
+    first, sep, last = spec.partition("..")
+    year, mon = parse_month(first)
+    end = parse_month(last) if sep else (year, mon)
+    if end < (year, mon):
+        raise ValueError(f"{spec!r}: the last month is before the first")
+    months = []
+    while (year, mon) <= end:
+        months.append(f"{year:04d}-{mon:02d}")
+        year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
+    return months
+
+
 def default_seed(month: str) -> int:
     """The seed used when none is given: ``2021-01`` -> ``202101``, so months differ."""
     year, mon = parse_month(month)

@@ -249,6 +249,24 @@ def test_cli_writes_and_reports_json(tmp_path: Path) -> None:
     assert pq.ParquetFile(path).metadata.num_rows == 1234
 
 
+def test_cli_writes_a_range_of_months_across_a_year_end(tmp_path: Path) -> None:
+    code, out, _ = run(
+        "sample-data", "--months", "2021-11..2022-02", "--rows", "300",
+        "--output-format", "json", str(tmp_path / "year"),
+    )  # fmt: skip
+    assert code == 0
+    months = ["2021-11", "2021-12", "2022-01", "2022-02"]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["paths"] == [str(tmp_path / "year" / sample.file_name(m)) for m in months]
+    assert (summary["rows"], summary["months"]) == (1200, "2021-11..2022-02")
+    assert sorted(p.name for p in (tmp_path / "year").iterdir()) == [
+        sample.file_name(m) for m in months
+    ]
+    code, _, err = run("sample-data", "--month", "2021-12..2021-11", str(tmp_path / "no"))
+    assert code == 2 and "the last month is before the first" in err
+    assert not (tmp_path / "no").exists()
+
+
 def test_cli_reads_the_environment_and_flags_win(tmp_path: Path) -> None:
     env = {
         "TAXI_JOB_MONTH": "2021-04",

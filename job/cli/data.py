@@ -21,6 +21,14 @@ def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def check_months(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """Accept a month ``YYYY-MM`` or a range of them, ``YYYY-MM..YYYY-MM``."""
+    try:
+        return sample.month_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 month_option = option(
     "--month",
     metavar="YYYY-MM",
@@ -31,13 +39,21 @@ month_option = option(
 
 
 @click.command("sample-data")
-@month_option
+@option(
+    "--month",
+    "--months",
+    "months",
+    metavar="YYYY-MM[..YYYY-MM]",
+    required=True,
+    callback=check_months,
+    help="The month of trips, e.g. 2021-01, or a range of months, e.g. 2021-01..2021-12.",
+)
 @option(
     "--rows",
     type=click.IntRange(min=0),
     default=100_000,
     show_default=True,
-    help="How many trips to write.",
+    help="How many trips to write (per month).",
 )
 @option(
     "--seed",
@@ -53,17 +69,26 @@ month_option = option(
 )
 @common_options
 @reporting
-def sample_data(month: str, rows: int, seed: int | None, out: Path) -> dict[str, Any]:
+def sample_data(months: list[str], rows: int, seed: int | None, out: Path) -> dict[str, Any]:
     """Write synthetic trips of a month to OUT/yellow_tripdata_<month>.parquet (TLC 2021 schema).
 
-    OUT (env TAXI_JOB_OUT) is a directory, created if missing.
+    OUT (env TAXI_JOB_OUT) is a directory, created if missing. A range of months writes
+    one file per month.
     """
-    result = sample.write_sample(month, rows, out, seed)
+    results = [sample.write_sample(month, rows, out, seed) for month in months]
+    if len(results) == 1:
+        (result,) = results
+        return {
+            "path": str(result.path),
+            "rows": result.rows,
+            "month": result.month,
+            "seed": result.seed,
+        }
     return {
-        "path": str(result.path),
-        "rows": result.rows,
-        "month": result.month,
-        "seed": result.seed,
+        "paths": [str(r.path) for r in results],
+        "rows": sum(r.rows for r in results),
+        "months": f"{months[0]}..{months[-1]}",
+        "seeds": [r.seed for r in results],
     }
 
 

@@ -7,8 +7,23 @@ from typing import Any
 
 import click
 
-from job import pipeline
+from job import mapreduce, pipeline
 from job.cli.options import artifacts_option, common_options, option, reporting
+
+shards_option = option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many processes (an Indexed Job's pods) share the work.",
+)
+shard_index_option = option(
+    "--shard-index",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This process's share, 0 to SHARDS-1 (on Kubernetes: JOB_COMPLETION_INDEX).",
+)
 
 
 @click.command("train")
@@ -70,11 +85,22 @@ from job.cli.options import artifacts_option, common_options, option, reporting
     help="Delete older versions beyond this many after publishing (never the current "
     "one nor the one it replaced).",
 )
+@shards_option
+@shard_index_option
+@option(
+    "--run-id",
+    default=None,
+    metavar="ID",
+    help="The training all shards belong to (on Kubernetes: the Job's name); with --shards>1.",
+)
 @common_options
 @reporting
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
-    return pipeline.train(pipeline.TrainConfig(**options))
+    config = pipeline.TrainConfig(**options)
+    if config.shards == 1:
+        return pipeline.train(config)
+    return mapreduce.train_shard(config)
 
 
 @click.command("infer")
@@ -97,6 +123,8 @@ def train(**options: Any) -> dict[str, Any]:
     default=False,
     help="Predict again inputs that the current model has predicted already.",
 )
+@shards_option
+@shard_index_option
 @common_options
 @reporting
 def infer(**options: Any) -> dict[str, Any]:

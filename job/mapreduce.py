@@ -1,0 +1,249 @@
+"""Training as a map-reduce over the shards of an Indexed Job, with the one-process result.
+
+The model's normal equations need only per-zone-pair counts, sums and sums of squares,
+which add up exactly over any split of the rows. So each shard (map) streams its share
+(:func:`shards.assign`) into those and writes them to the volume; the shard that finds
+every partial there claims the reduce (exactly one), merges them in shard order (the same
+float sums whichever shard reduces), then fits, scores and publishes through the same
+:func:`pipeline.finish` as a one-process training, under the training lock.
+
+A shard may run again (an Indexed Job's retry, a node lost, a duplicate): its partial is
+reused when the inputs are unchanged, a run publishes at most once (``PUBLISHED``, and the
+run id in the model's metadata, checked under the lock), and a killed reducer's index is
+retried by the Job and takes its own claim over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job import artifacts, reading, shards
+from job.errors import BadInputError
+from job.model import PairAccumulator
+from job.pipeline import (
+    Aggregate,
+    TrainConfig,
+    aggregate_parts,
+    check_options,
+    finish,
+    require_trips,
+)
+
+logger = logging.getLogger(__name__)
+
+#: A run folder untouched for this long belongs to a training that ended long ago (a Job's
+#: activeDeadlineSeconds is hours): the reducer of a later run removes it.
+STALE_RUN_S = 7 * 86400
+
+#: One shard's statistics of its share, per role ("train", "eval").
+Parts = dict[str, Aggregate]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every shard of a run reads, worked out alike by each from the files' footers."""
+
+    sources: dict[str, list[reading.Source]]
+    fingerprints: dict[str, list[dict[str, Any]]]
+    parts: list[dict[str, list[shards.Part]]]
+    digest: str
+
+
+def plan(config: TrainConfig) -> Plan:
+    """Resolve and check every input (so a bad file fails every shard alike), and assign
+    their files or row groups to the shards."""
+    sources: dict[str, list[reading.Source]] = {}
+    fingerprints: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[list[int]]] = {}
+    for role, uri in (("train", config.train_data), ("eval", config.eval_data)):
+        sources[role] = reading.resolve(uri)
+        fingerprints[role], groups[role] = [], []
+        for source in sources[role]:
+            parquet = reading.open_parquet(source)
+            reading.check_schema(source, parquet.schema_arrow, reading.TRAIN_COLUMNS)
+            if parquet.metadata.num_rows == 0:
+                raise BadInputError(f"{source.uri}: the file has no rows")
+            fingerprints[role].append(reading.fingerprint(source, parquet))
+            meta = parquet.metadata
+            groups[role].append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    loads = [0] * config.shards
+    by_role = {role: shards.assign(groups[role], config.shards, loads) for role in shards.ROLES}
+    parts = [{role: by_role[role][k] for role in shards.ROLES} for k in range(config.shards)]
+    identity = {
+        "shards": config.shards,
+        "min_duration": config.min_duration,
+        "max_duration": config.max_duration,
+        "inputs": fingerprints,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Plan(sources, fingerprints, parts, digest)
+
+
+def _map(config: TrainConfig, the_plan: Plan, shard: int, path: Path) -> Parts:
+    """Read shard ``shard``'s share and write its partial statistics to ``path``."""
+    low, high = config.min_duration, config.max_duration
+    result = {
+        role: aggregate_parts(
+            the_plan.sources[role], the_plan.parts[shard][role], low, high, f"{role} shard {shard}"
+        )
+        for role in shards.ROLES
+    }
+    header = {
+        "run_id": config.run_id,
+        "shard": shard,
+        "shards": config.shards,
+        "plan": the_plan.digest,
+        **{
+            role: {"rows_read": result[role].rows_read, "rows_kept": result[role].rows_kept}
+            for role in shards.ROLES
+        },
+    }
+    with artifacts.writing("partial statistics"):
+        shards.write_partial(path, header, {role: result[role].stats for role in shards.ROLES})
+    return result
+
+
+def _reuse(config: TrainConfig, the_plan: Plan, folder: Path, shard: int) -> Parts | None:
+    """Shard ``shard``'s partial of this plan from ``folder``; None when it is missing,
+    damaged or written for other inputs (then the share is read again)."""
+    path = shards.partial_path(folder, shard, config.shards)
+    if not path.exists():
+        return None
+    try:
+        header, stats = shards.read_partial(path)
+    except shards.PartialError as exc:
+        logger.warning("%s; reading that share again", exc)
+        return None
+    if header.get("plan") != the_plan.digest or header.get("shard") != shard:
+        logger.warning("%s: written for other inputs or options; reading them again", path)
+        return None
+    return {
+        role: Aggregate(stats[role], header[role]["rows_read"], header[role]["rows_kept"], [])
+        for role in shards.ROLES
+    }
+
+
+def _partial(config: TrainConfig, the_plan: Plan, folder: Path, shard: int) -> Parts:
+    """Shard ``shard``'s partial statistics: the ones on the volume, or read afresh."""
+    found = _reuse(config, the_plan, folder, shard)
+    if found is not None:
+        return found
+    return _map(config, the_plan, shard, shards.partial_path(folder, shard, config.shards))
+
+
+def _merge(parts: list[Parts], role: str, fingerprints: list[Any]) -> Aggregate:
+    """The statistics of all shards, added in shard order: the same floating-point sums
+    whichever shard reduces and however often any ran."""
+    accumulator = PairAccumulator()
+    for part in parts:
+        accumulator.add_stats(part[role].stats)
+    return Aggregate(
+        accumulator.result(),
+        sum(p[role].rows_read for p in parts),
+        sum(p[role].rows_kept for p in parts),
+        fingerprints,
+    )
+
+
+def _published_version(root: Path, run_id: str) -> str | None:
+    """A model version this run published already (the reducer died before ``PUBLISHED``)."""
+    for version in reversed(artifacts.versions(root)):
+        try:
+            path = root / artifacts.MODELS / version / artifacts.MODEL_FILE
+            body = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(body, dict) and body.get("run_id") == run_id:
+            return version
+    return None
+
+
+def _remove_stale_runs(root: Path, keep: Path) -> None:
+    cutoff = time.time() - STALE_RUN_S
+    for folder in (root / shards.PARTIALS).iterdir():
+        try:
+            if folder != keep and folder.stat().st_mtime < cutoff:
+                logger.warning("removing %s, left by a training that ended long ago", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # another reducer removed it first
+            continue
+
+
+def train_shard(config: TrainConfig) -> dict[str, Any]:
+    """Read this shard's share of the inputs into partial statistics; when every shard's
+    are there, claim the reduce and, if this shard wins, fit, score and publish."""
+    check_options(config)
+    shards.check(config.shards, config.shard_index, config.run_id, needs_run_id=True)
+    assert config.run_id is not None
+    started = time.perf_counter()
+    shard, count = config.shard_index, config.shards
+    identity = {"run_id": config.run_id, "shard": shard, "shards": count}
+    folder = shards.run_dir(config.artifacts, config.run_id)
+    with artifacts.writing("partial statistics"):
+        folder.mkdir(parents=True, exist_ok=True)
+    done = shards.published(folder)
+    if done is not None:
+        logger.info("run %s published %s already; nothing to do", config.run_id, done)
+        shards.remove_partials(folder)
+        return {**identity, "published_already": done.get("model_version"), "seconds": 0.0}
+
+    the_plan = plan(config)
+    mine = _partial(config, the_plan, folder, shard)
+    summary: dict[str, Any] = {
+        **identity,
+        "rows_read": mine["train"].rows_read,
+        "rows_kept": mine["train"].rows_kept,
+        "eval_rows_read": mine["eval"].rows_read,
+        "eval_rows_kept": mine["eval"].rows_kept,
+    }
+    missing = [k for k in range(count) if not shards.partial_path(folder, k, count).exists()]
+    if missing:
+        logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
+        return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}
+    with artifacts.writing("the reduce claim"):
+        holder = shards.claim(folder, shard)
+    if holder != shard:
+        logger.info("shard %d done; shard %d reduces", shard, holder)
+        return {**summary, "reducer": holder, "seconds": round(time.perf_counter() - started, 3)}
+
+    reduce_started = time.perf_counter()
+    with artifacts.training_lock(config.artifacts, config.lock_timeout):
+        done = shards.published(folder)
+        version = (
+            done["model_version"] if done else _published_version(config.artifacts, config.run_id)
+        )
+        if version is None:
+            parts = [
+                mine if k == shard else _partial(config, the_plan, folder, k) for k in range(count)
+            ]
+            merged = {
+                role: _merge(parts, role, the_plan.fingerprints[role]) for role in shards.ROLES
+            }
+            low, high = config.min_duration, config.max_duration
+            require_trips(merged["train"], config.train_data, low, high, "training")
+            require_trips(merged["eval"], config.eval_data, low, high, "evaluation")
+            extra = {"run_id": config.run_id, "shards": count}
+            summary = {**identity, **finish(config, merged["train"], merged["eval"], extra)}
+            version = summary["model_version"]
+        else:
+            logger.warning(
+                "run %s published %s already; not publishing again", config.run_id, version
+            )
+            summary = {**summary, "published_already": version}
+        with artifacts.writing("partial statistics"):
+            shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})
+            shards.remove_partials(folder)
+            _remove_stale_runs(config.artifacts, folder)
+    return {
+        **summary,
+        "reducer": shard,
+        "reduce_seconds": round(time.perf_counter() - reduce_started, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }

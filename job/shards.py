@@ -1,0 +1,232 @@
+"""Shards: which process reads what, and the partial statistics they leave on the volume.
+
+A sharded training runs N processes (an Indexed Job's pods) over the same inputs. Each
+works out the same assignment from the files' footers alone, with no coordination:
+
+- with at least N files, whole files; with fewer, row groups, so one big file still
+  splits. Largest first, each to the least loaded shard (ties: the lower index), the
+  evaluation inputs continuing from the training inputs' loads.
+
+Each shard writes its share's pair statistics to ``<artifacts>/partials/<run id>/``::
+
+    shard-0001-of-0003.npz  one shard's partial statistics (format below)
+    REDUCER                 the index of the shard that merges them: made by link(2),
+                            which fails when it exists, so exactly one shard claims it,
+                            also across nodes on a ReadWriteMany volume
+    PUBLISHED               JSON: the model version this run published; kept when the
+                            partials are removed, so a late or repeated shard does nothing
+
+Partial format ``taxi-job/partial/v1``: a NumPy ``.npz`` (read with ``allow_pickle=False``:
+plain arrays, no code) holding ``header`` (UTF-8 JSON as uint8: format, run id, shard,
+shards, the plan's digest, rows read and kept per role), per role ``train`` and ``eval``
+the arrays ``<role>_pu``, ``<role>_do`` (int64 zone ids) and ``<role>_n``, ``<role>_s``,
+``<role>_q`` (float64 count, sum and sum of squares of the duration in minutes per zone
+pair), and ``checksum``: the hex SHA-256 (as uint8) of every other member in name order,
+each as its name, a NUL, its dtype, its shape and its bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from job.artifacts import fsync_dir
+from job.errors import BadInputError
+from job.model import PairStats
+
+FORMAT = "taxi-job/partial/v1"
+PARTIALS = "partials"
+REDUCER = "REDUCER"
+PUBLISHED = "PUBLISHED"
+TMP_PREFIX = ".tmp-"
+ROLES = ("train", "eval")
+_STATS = ("pu", "do", "n", "s", "q")
+#: A run id names a folder: letters, digits, dot, dash, underscore; not hidden.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+#: A file to read: its index among its source's files, and its row groups (None: all).
+Part = tuple[int, tuple[int, ...] | None]
+
+
+class PartialError(Exception):
+    """A partial file that is unreadable, of another format, or fails its checksum."""
+
+
+def owner(name: str, shards: int) -> int:
+    """The shard that predicts the input called ``name``: the same in every process and
+    every run (a hash of the name, not Python's salted ``hash``)."""
+    if shards <= 1:
+        return 0
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def check(shards: int, shard_index: int, run_id: str | None, *, needs_run_id: bool) -> None:
+    """Raise ``BadInputError`` for an impossible shard, or a missing or unsafe run id."""
+    if shards < 1:
+        raise BadInputError(f"--shards {shards}: must be at least 1")
+    if not 0 <= shard_index < shards:
+        raise BadInputError(f"--shard-index {shard_index}: must be from 0 to {shards - 1}")
+    if needs_run_id and run_id is None:
+        raise BadInputError(
+            "--run-id is required with --shards above 1: every shard of one training "
+            "must name the same run (on Kubernetes: the Job's name)"
+        )
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise BadInputError(
+            f"--run-id {run_id!r}: use letters, digits, '.', '-' and '_' "
+            "(at most 200, not starting with '.')"
+        )
+
+
+def assign(
+    row_groups: Sequence[Sequence[int]], shards: int, loads: list[int] | None = None
+) -> list[list[Part]]:
+    """Each shard's parts of files whose row groups hold ``row_groups[f]`` rows.
+
+    Whole files when there are at least ``shards`` files, else row groups; largest first,
+    each to the least loaded shard. ``loads`` (rows per shard so far) is updated in place,
+    so that a second source continues where the first left the balance.
+    """
+    loads = loads if loads is not None else [0] * shards
+    whole = len(row_groups) >= shards
+    items: list[tuple[int, int | None, int]] = []  # file, row group (None: whole), rows
+    for f, sizes in enumerate(row_groups):
+        if whole:
+            items.append((f, None, sum(sizes)))
+        else:
+            items.extend((f, g, rows) for g, rows in enumerate(sizes))
+    taken: list[dict[int, list[int] | None]] = [{} for _ in range(shards)]
+    # sorted() is stable: equal sizes keep file and row-group order.
+    for f, g, rows in sorted(items, key=lambda item: -item[2]):
+        shard = min(range(shards), key=lambda k: (loads[k], k))
+        loads[shard] += rows
+        if g is None:
+            taken[shard][f] = None
+        else:
+            groups = taken[shard].setdefault(f, [])
+            assert groups is not None
+            groups.append(g)
+    return [
+        [(f, None if groups is None else tuple(sorted(groups))) for f, groups in sorted(t.items())]
+        for t in taken
+    ]
+
+
+def run_dir(artifacts: Path, run_id: str) -> Path:
+    return artifacts / PARTIALS / run_id
+
+
+def partial_path(folder: Path, shard: int, shards: int) -> Path:
+    return folder / f"shard-{shard + 1:04d}-of-{shards:04d}.npz"
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through a unique synced temporary in its folder and a rename, so a
+    reader (a shard on another node) sees the whole file or none."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 is for secrets; these are plain data
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        sha.update(f"{name}\0{array.dtype.str}{array.shape}".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
+def write_partial(path: Path, header: dict[str, Any], stats: dict[str, PairStats]) -> None:
+    """Write one shard's partial statistics atomically (format in the module docstring)."""
+    # Any: numpy's stub reads ``**arrays`` as if it could hold savez's allow_pickle flag.
+    arrays: dict[str, Any] = {
+        "header": np.frombuffer(json.dumps({"format": FORMAT, **header}).encode(), np.uint8)
+    }
+    for role in ROLES:
+        for name in _STATS:
+            arrays[f"{role}_{name}"] = getattr(stats[role], name)
+    arrays["checksum"] = np.frombuffer(_digest(arrays).encode(), np.uint8)
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+
+
+def read_partial(path: Path) -> tuple[dict[str, Any], dict[str, PairStats]]:
+    """A partial's header and statistics; ``PartialError`` when it is not a whole, valid
+    partial of this format. Never runs code from the file (no pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        checksum = arrays.pop("checksum").tobytes().decode()
+        if checksum != _digest(arrays):
+            raise PartialError(f"{path}: checksum mismatch")
+        header = json.loads(arrays["header"].tobytes())
+        if header.get("format") != FORMAT:
+            raise PartialError(f"{path}: unknown format {header.get('format')!r}")
+        stats = {role: PairStats(*(arrays[f"{role}_{name}"] for name in _STATS)) for role in ROLES}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PartialError(f"{path}: not a readable partial ({exc})") from exc
+    return header, stats
+
+
+def claim(folder: Path, shard: int) -> int:
+    """Claim the reduce of a run for ``shard``; return the index of the claim's holder.
+
+    ``link(2)`` of a complete temporary file is atomic and fails when the name exists, on
+    a local disk and on NFS alike: exactly one shard wins, and the holder's index is
+    always readable (an ``O_EXCL`` create could be seen empty before it is written).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{shard}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, folder / REDUCER)
+            fsync_dir(folder)
+            return shard
+        except FileExistsError:
+            return int((folder / REDUCER).read_text(encoding="utf-8"))
+    finally:
+        os.unlink(tmp)
+
+
+def published(folder: Path) -> dict[str, Any] | None:
+    """What this run published, or None."""
+    try:
+        result: dict[str, Any] = json.loads((folder / PUBLISHED).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return result
+
+
+def mark_published(folder: Path, record: dict[str, Any]) -> None:
+    data = (json.dumps(record, default=str) + "\n").encode()
+    write_atomic(folder / PUBLISHED, lambda handle: handle.write(data))
+
+
+def remove_partials(folder: Path) -> None:
+    """Remove a published run's partials and its claim, keeping ``PUBLISHED``."""
+    for path in [*folder.glob("shard-*.npz"), folder / REDUCER]:
+        path.unlink(missing_ok=True)
