@@ -22,7 +22,7 @@ DATA_MOUNT = "/var/lib/taxi-job"
 CLAIM = "taxi-job-data"
 CONFIGMAP = "taxi-job-config"
 SCHEDULED = {"train": "0 0 * * 0", "infer": "* * * * *"}
-TEMPLATES = ("seed-sample-data", "fetch-data")
+TEMPLATES = ("seed-sample-data", "fetch-data", "infer-backlog")
 
 GetObject = Callable[[str, str], Manifest]
 
