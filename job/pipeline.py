@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from job import __version__, artifacts, reading, registry, shards
 from job.errors import BadInputError
-from job.model import PairAccumulator, PairStats, fit, rmse
+from job.model import Model, PairAccumulator, PairStats, fit, rmse
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +228,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return {**summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
+def score(model: Model, training: Aggregate, evaluation: Aggregate) -> dict[str, Any]:
+    """The metrics a model version records: RMSEs, rows, features."""
+    return {
+        "rmse_train": rmse(model, training.stats),
+        "rmse_eval": rmse(model, evaluation.stats),
+        "rows_read": training.rows_read,
+        "rows_kept": training.rows_kept,
+        "eval_rows_read": evaluation.rows_read,
+        "eval_rows_kept": evaluation.rows_kept,
+        "features": model.features,
+    }
+
+
 def finish(
     config: TrainConfig,
     training: Aggregate,
@@ -239,15 +252,7 @@ def finish(
     one-process training and the reducing shard of a sharded one both end here; call it
     while holding :func:`artifacts.training_lock`."""
     model = fit(training.stats)
-    metrics = {
-        "rmse_train": rmse(model, training.stats),
-        "rmse_eval": rmse(model, evaluation.stats),
-        "rows_read": training.rows_read,
-        "rows_kept": training.rows_kept,
-        "eval_rows_read": evaluation.rows_read,
-        "eval_rows_kept": evaluation.rows_kept,
-        "features": model.features,
-    }
+    metrics = score(model, training, evaluation)
     metadata = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "package_version": __version__,

@@ -299,22 +299,14 @@ def test_a_killed_prune_leaves_no_half_deleted_version(months, store):
 
 def test_a_store_from_before_the_gate_lists_and_rolls_back(months, store):
     jan, feb, _, _ = months
-    from job.model import fit, rmse
-    from job.pipeline import aggregate
+    from job.model import fit
+    from job.pipeline import aggregate, score
 
     # the old publish path: a model and its metrics, published without the gate
     training = aggregate(str(jan), 1.0, 60.0, "training")
     evaluation = aggregate(str(feb), 1.0, 60.0, "evaluation")
     model = fit(training.stats)
-    metrics = {
-        "rmse_train": rmse(model, training.stats),
-        "rmse_eval": rmse(model, evaluation.stats),
-        "rows_read": training.rows_read,
-        "rows_kept": training.rows_kept,
-        "eval_rows_read": evaluation.rows_read,
-        "eval_rows_kept": evaluation.rows_kept,
-        "features": model.features,
-    }
+    metrics = score(model, training, evaluation)
     with artifacts.training_lock(store):
         old = artifacts.publish(store, model, {"metrics": metrics})
         new = artifacts.publish(store, model, {"metrics": metrics})

@@ -1,0 +1,192 @@
+"""components/scale-out on a real cluster: the Indexed training Job of 3 shards completes,
+publishes one model, and that model predicts what a one-pod training's predicts, to 1e-9.
+
+Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
+image the cluster's node has (k8s-local: ``load-image``). Everything happens in a
+namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECONFIG = os.environ.get("TAXI_JOB_TEST_KUBECONFIG", "")
+IMAGE = os.environ.get("TAXI_JOB_TEST_IMAGE", "")
+SHARDS = 3
+ONE_POD_ARTIFACTS = "/var/lib/taxi-job/artifacts-one-pod"
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
+    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
+]
+
+
+def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def overlay(directory: Path, namespace: str) -> Path:
+    """The repository with the scale-out component, in ``namespace``, on the test image; a
+    training month of 2.5 M rows (3 row groups: one file split over the 3 shards)."""
+    name, _, tag = IMAGE.rpartition(":")
+    seed_rows = [
+        {"op": "replace", "path": "/spec/jobTemplate/spec/template/spec/containers/0/args/4",
+         "value": "2500000"},
+        {"op": "replace", "path": "/spec/jobTemplate/spec/template/spec/containers/1/args/4",
+         "value": "300000"},
+        {"op": "replace",
+         "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/limits/memory",
+         "value": "1Gi"},
+    ]  # fmt: skip
+    # The machine is shared: small requests, so the 3 shards schedule side by side.
+    small = [{"op": "replace",
+              "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/requests",
+              "value": {"cpu": "50m", "memory": "128Mi"}}]  # fmt: skip
+    body = {
+        "resources": [os.path.relpath(ROOT, directory)],
+        "components": [os.path.relpath(ROOT / "components" / "scale-out", directory)],
+        "namespace": namespace,
+        "images": [{"name": "taxi-job", "newName": name, "newTag": tag}],
+        "patches": [
+            {"target": {"kind": "CronJob", "name": "seed-sample-data"},
+             "patch": yaml.safe_dump(seed_rows)},
+            {"target": {"kind": "CronJob", "name": "train"}, "patch": yaml.safe_dump(small)},
+        ],
+    }  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[str]:
+    prefix = os.environ.get("TAXI_JOB_TEST_NAMESPACE_PREFIX", "taxi-job-test")
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    kubectl("apply", "-k", str(overlay(tmp_path / "overlay", name)))
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false")
+
+
+def run_job(namespace: str, job: dict[str, Any] | None = None, *, from_cronjob: str = "",
+            name: str = "", timeout_s: int = 600) -> None:  # fmt: skip
+    if job is not None:
+        kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
+        name = job["metadata"]["name"]
+    else:
+        kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{from_cronjob}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # polling the Job's state, not timing it
+        status = json.loads(kubectl("-n", namespace, "get", "job", name, "-o", "json"))["status"]
+        done = {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
+        if "Complete" in done:
+            return
+        if "Failed" in done:
+            break
+        time.sleep(2)
+    pods = kubectl("-n", namespace, "get", "pods", "-l", f"job-name={name}", "-o", "wide")
+    logs = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "logs", "--tail=5",
+         "-l", f"job-name={name}", "--all-containers"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    pytest.fail(f"job {name} did not complete: {json.dumps(status)}\n{pods}\n{logs}")
+
+
+def one_pod_job(train: dict[str, Any], name: str, command: list[str] | None = None) -> dict:
+    """A plain Job from the scaled train CronJob's template: one pod, no shards, the
+    one-process training into its own artifacts folder (or another command)."""
+    spec = json.loads(json.dumps(train["spec"]["jobTemplate"]["spec"]))
+    for key in ("completionMode", "completions", "parallelism", "backoffLimitPerIndex",
+                "maxFailedIndexes"):  # fmt: skip
+        spec.pop(key, None)
+    spec["backoffLimit"] = 0
+    spec["podFailurePolicy"]["rules"][0]["action"] = "FailJob"
+    (container,) = spec["template"]["spec"]["containers"]
+    container["env"] = [{"name": "TAXI_JOB_ARTIFACTS", "value": ONE_POD_ARTIFACTS}]
+    if command is not None:
+        container["command"], container["args"] = command, []
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+
+
+READ_MODELS = """
+import json, os, sys
+from job import artifacts
+for root in sys.argv[1:]:
+    a = artifacts.load(root)
+    partials = os.path.join(root, "partials")
+    runs = {r: sorted(os.listdir(os.path.join(partials, r))) for r in os.listdir(partials)} \\
+        if os.path.isdir(partials) else {}
+    print(json.dumps({"version": a.version, "versions": artifacts.versions(root),
+                      "model": a.model.to_dict(), "metadata": a.metadata, "runs": runs}))
+"""
+
+
+def test_indexed_training_of_three_shards_equals_a_one_pod_training(namespace: str) -> None:
+    run_job(namespace, from_cronjob="seed-sample-data", name="seed")
+    run_job(namespace, from_cronjob="train", name="train-sharded")
+
+    pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", "job-name=train-sharded",
+                              "-o", "json"))["items"]  # fmt: skip
+    summaries = {}
+    for pod in pods:
+        if pod["status"]["phase"] != "Succeeded":
+            continue  # a retried index leaves its failed pod behind
+        index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        summaries[index] = json.loads(terminated["message"])
+    assert sorted(summaries) == list(range(SHARDS))
+    assert all(s["run_id"] == "train-sharded" and s["shards"] == SHARDS for s in summaries.values())
+    reducers = [k for k, s in summaries.items() if s.get("model_version")]
+    (reducer,) = reducers
+    assert summaries[reducer]["reducer"] == reducer
+    # every shard read a share of the one training file (3 row groups over 3 shards)
+    assert all(s["rows_read"] > 0 for k, s in summaries.items() if k != reducer)
+    assert summaries[reducer]["rows_read"] == 2_500_000
+
+    train = json.loads(kubectl("-n", namespace, "get", "cronjob", "train", "-o", "json"))
+    run_job(namespace, one_pod_job(train, "train-one-pod"))
+    reader = one_pod_job(train, "read-models", ["python", "-c", READ_MODELS,
+                                                "/var/lib/taxi-job/artifacts", ONE_POD_ARTIFACTS])
+    run_job(namespace, reader, timeout_s=300)
+    lines = kubectl("-n", namespace, "logs", "job/read-models").strip().splitlines()
+    sharded, single = (json.loads(line) for line in lines[-2:])
+
+    assert sharded["versions"] == [sharded["version"]]  # one model published
+    assert sharded["version"] == summaries[reducer]["model_version"]
+    assert sharded["metadata"]["run_id"] == "train-sharded"
+    assert sharded["runs"] == {"train-sharded": ["PUBLISHED"]}  # partials removed
+    a, b = sharded["model"], single["model"]
+    assert (a["pu_ids"], a["do_ids"]) == (b["pu_ids"], b["do_ids"])  # same vocabulary
+    zones = np.arange(-1, 270)
+    pu, do = (g.ravel() for g in np.meshgrid(zones, zones))
+
+    def predict(m: dict[str, Any]) -> np.ndarray:
+        from job.model import Model
+
+        return Model.from_dict(m).predict(pu, do)
+
+    np.testing.assert_allclose(predict(a), predict(b), rtol=0, atol=1e-9)
+    for key in ("rmse_train", "rmse_eval"):
+        got, want = (m["metadata"]["metrics"][key] for m in (sharded, single))
+        assert got == pytest.approx(want, rel=1e-9, abs=0)
