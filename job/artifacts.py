@@ -31,8 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.errors import BadInputError, ModelUnavailableError, TransientError
+from job.errors import ModelUnavailableError, NoModelYetError, TransientError
 from job.model import Model
+from job.volume import TMP_PREFIX, fsync_dir, now_utc, temporary_dir, write_atomic, writing
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ MODELS = "models"
 MODEL_FILE = "model.json"
 SUMS_FILE = "SHA256SUMS"
 LOCK_FILE = ".train.lock"
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -53,43 +53,6 @@ class Artifact:
     path: Path
     model: Model
     metadata: dict[str, Any]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def writing(what: str) -> Iterator[None]:
-    """Turn a failure to write to the shared volume into one clear error: permission
-    denied is a deployment problem (exit 2: a retry cannot help, check the pod's fsGroup
-    and the claim), anything else (a full or failing volume) may pass (exit 75)."""
-    try:
-        yield
-    except PermissionError as exc:
-        raise BadInputError(
-            f"{exc.filename or what}: permission denied: cannot write {what} "
-            "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
-        ) from exc
-    except OSError as exc:
-        raise TransientError(
-            f"{exc.filename or what}: cannot write {what}: {exc.strerror or exc}"
-        ) from exc
 
 
 @contextlib.contextmanager
@@ -117,20 +80,17 @@ def training_lock(root: Path, timeout_s: float = 0.0) -> Iterator[None]:
                     ) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {_now()}".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {now_utc()}".encode(), 0)
         _remove_leftovers(root)
         yield
     finally:
         os.close(fd)  # closing releases the flock
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _remove_leftovers(root: Path) -> None:
     """Remove what a killed training left behind (a version being written, a CURRENT being
-    replaced); only called while holding the lock, so no training is writing them."""
+    replaced); only called while holding the lock, so no training is writing them (every
+    writer of the artifacts folder and of models/ holds the lock)."""
     models = root / MODELS
     for leftover in [*root.glob(TMP_PREFIX + "*"), *models.glob(TMP_PREFIX + "*")]:
         logger.warning("removing %s, left by an interrupted training", leftover)
@@ -154,8 +114,7 @@ def publish(
     with writing(f"model version {version}"):
         models = root / MODELS
         models.mkdir(parents=True, exist_ok=True)
-        tmp = models / f"{TMP_PREFIX}{version}.{os.getpid()}"
-        tmp.mkdir()
+        tmp = temporary_dir(models / version)
         for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
             with open(tmp / name, "wb") as handle:
                 handle.write(content)
@@ -182,7 +141,7 @@ def current_version(root: str | os.PathLike[str]) -> str:
     try:
         version = (root / CURRENT).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ModelUnavailableError(
+        raise NoModelYetError(
             f"{root}: no model yet ({root / CURRENT} is missing); run `taxi-job train` first"
         ) from None
     if not version or "/" in version or version.startswith("."):

@@ -7,6 +7,9 @@ Job's ``backoffLimit`` retry ``EXIT_TRANSIENT`` and anything unexpected.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 EXIT_OK = 0
 #: An unexpected error (a bug): retried by the Job, reported with a traceback at -v.
 EXIT_UNEXPECTED = 1
@@ -30,10 +33,23 @@ class BadInputError(TaxiJobError):
     exit_code = EXIT_BAD_INPUT
 
 
+class InputsRejectedError(BadInputError):
+    """Some inputs of a run were bad and set aside; the run did the rest. Carries the
+    run's summary, which is reported as for a run that succeeded."""
+
+    def __init__(self, message: str, summary: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class ModelUnavailableError(TaxiJobError):
     """There is no current model, or its artifacts fail verification."""
 
     exit_code = EXIT_NO_MODEL
+
+
+class NoModelYetError(ModelUnavailableError):
+    """No model is current yet (a fresh volume, before the first training)."""
 
 
 class TransientError(TaxiJobError):

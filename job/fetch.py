@@ -17,18 +17,17 @@ import http.client
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from job import __version__
+from job import __version__, volume
 from job.errors import BadInputError, TransientError
-from job.sample import file_name, fsync_dir, parse_month
+from job.sample import file_name, parse_month
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,8 @@ def fetch_month(
         raise ValueError(f"retries must be zero or more, not {retries}")
     url = month_url(month, base_url)
     dest = dest_dir / file_name(month)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    with volume.writing("the downloaded month"):
+        dest_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         try:
             return _attempt(url, dest, timeout)
@@ -137,30 +137,30 @@ def _attempt(url: str, dest: Path, timeout: float) -> FetchResult:
         if expected is not None and _is_complete(dest, expected):
             logger.info("%s is already here with the server's size; not downloading", dest)
             return FetchResult(path=dest, bytes=expected, url=url, skipped=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                try:
-                    shutil.copyfileobj(response, handle, _CHUNK)
-                except (OSError, http.client.HTTPException) as exc:
-                    # Cut off mid-body (IncompleteRead, reset, timeout): worth another try.
-                    raise _Retry(f"download cut off: {exc!r}") from None
-                handle.flush()
-                os.fsync(handle.fileno())
+        with volume.writing("the downloaded month"), volume.replacing(dest) as tmp:
+            with open(tmp, "wb") as handle:
+                _copy(response, handle)
             size = tmp.stat().st_size
             if expected is not None and size != expected:
                 raise _Retry(f"got {size} bytes of {expected}")
             if not _has_magic(tmp):
                 raise BadInputError(f"{url} did not send a parquet file ({size} bytes)")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    fsync_dir(dest.parent)
     logger.info("downloaded %s to %s (%d bytes)", url, dest, size)
     return FetchResult(path=dest, bytes=size, url=url, skipped=False)
+
+
+def _copy(response: BinaryIO, handle: BinaryIO) -> None:
+    """Copy the body to the file: a failure to read it may pass (another attempt), a
+    failure to write it is the volume's (raised as it is)."""
+    while True:
+        try:
+            chunk = response.read(_CHUNK)
+        except (OSError, http.client.HTTPException) as exc:
+            # Cut off mid-body (IncompleteRead, reset, timeout): worth another try.
+            raise _Retry(f"download cut off: {exc!r}") from None
+        if not chunk:
+            return
+        handle.write(chunk)
 
 
 def _retry_after(headers: object) -> float | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job import artifacts, reading, shards
+from job import artifacts, reading, shards, volume
 from job.errors import BadInputError
 from job.model import PairAccumulator
 from job.pipeline import (
@@ -105,7 +105,7 @@ def _map(config: TrainConfig, the_plan: Plan, shard: int, path: Path) -> Parts:
             for role in shards.ROLES
         },
     }
-    with artifacts.writing("partial statistics"):
+    with volume.writing("partial statistics"):
         shards.write_partial(path, header, {role: result[role].stats for role in shards.ROLES})
     return result
 
@@ -186,7 +186,7 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
     shard, count = config.shard_index, config.shards
     identity = {"run_id": config.run_id, "shard": shard, "shards": count}
     folder = shards.run_dir(config.artifacts, config.run_id)
-    with artifacts.writing("partial statistics"):
+    with volume.writing("partial statistics"):
         folder.mkdir(parents=True, exist_ok=True)
     done = shards.published(folder)
     if done is not None:
@@ -207,7 +207,7 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
     if missing:
         logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
         return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}
-    with artifacts.writing("the reduce claim"):
+    with volume.writing("the reduce claim"):
         holder = shards.claim(folder, shard)
     if holder != shard:
         logger.info("shard %d done; shard %d reduces", shard, holder)
@@ -237,7 +237,7 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
                 "run %s published %s already; not publishing again", config.run_id, version
             )
             summary = {**summary, "published_already": version}
-        with artifacts.writing("partial statistics"):
+        with volume.writing("partial statistics"):
             shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})
             shards.remove_partials(folder)
             _remove_stale_runs(config.artifacts, folder)

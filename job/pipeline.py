@@ -7,7 +7,6 @@ has been read and checked.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -15,6 +14,7 @@ import math
 import os
 import platform
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from job import __version__, artifacts, reading, registry, shards
-from job.errors import BadInputError
+from job import __version__, artifacts, reading, registry, shards, volume
+from job.errors import BadInputError, InputsRejectedError, NoModelYetError
 from job.model import Model, PairAccumulator, PairStats, fit, rmse
 
 logger = logging.getLogger(__name__)
@@ -384,22 +384,37 @@ class BackgroundWriter:
 #: A temporary prediction file older than this was left by a killed run (an infer Job's
 #: activeDeadlineSeconds is far shorter), not one still being written.
 STALE_AFTER_S = 3600
+#: A claim on an input older than this was left by a killed run: an infer Job is stopped
+#: after its activeDeadlineSeconds (600), and one input takes seconds. Until then, the
+#: input is busy for the other runs; a claim broken too early costs work twice, never a
+#: mixed file (every run writes its own temporaries).
+CLAIM_LEASE_S = 900
+#: Where a bad input of the incoming queue goes: beside the queue's folder.
+REJECTED = "rejected"
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    cutoff = time.time() - STALE_AFTER_S
-    for leftover in out_dir.glob(artifacts.TMP_PREFIX + "*"):
-        with contextlib.suppress(FileNotFoundError):  # another run may remove it first
-            if leftover.stat().st_mtime < cutoff:
-                logger.warning("removing %s, left by an interrupted run", leftover)
-                leftover.unlink()
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input in an ``infer`` run."""
+
+    kind: str
+    """``predicted``, ``skipped`` (done by the current model), ``busy`` (another run is at
+    it) or ``rejected`` (bad, set aside)."""
+    rows: int = 0
+    rejected: dict[str, Any] | None = None
 
 
 def infer(config: InferConfig) -> dict[str, Any]:
-    """Predict every input the current model has not predicted yet; publish all or nothing."""
+    """Predict every input the current model has not predicted yet; publish each input's
+    predictions whole or not at all, and set aside the bad inputs of the incoming queue."""
     shards.check(config.shards, config.shard_index, None, needs_run_id=False)
     started = time.perf_counter()
-    artifact = artifacts.load(config.artifacts)  # resolves CURRENT once for the whole run
+    try:
+        artifact = artifacts.load(config.artifacts)  # resolves CURRENT once for the whole run
+    except NoModelYetError as exc:
+        # A fresh install: the schedule starts before the first training. Not a failure.
+        logger.warning("%s; nothing predicted until then", exc)
+        return _infer_summary(None, [], started)
     out_dir = config.predictions or config.artifacts / PREDICTIONS
     sources = reading.resolve(config.input, allow_empty=True)
     names = [s.name for s in sources]
@@ -410,46 +425,123 @@ def infer(config: InferConfig) -> dict[str, Any]:
             "predictions are named after their input"
         )
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
-    with artifacts.writing("predictions"):
+    with volume.writing("predictions", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out_dir)
-    done: list[tuple[Path, Path]] = []
-    skipped: list[str] = []
-    rows = 0
-    try:
-        for source in sources:
-            output = out_dir / source.name
-            parquet = reading.open_parquet(source)
-            fingerprint = reading.fingerprint(source, parquet)
-            if not config.force and _predicted_already(output, artifact.version, fingerprint):
-                skipped.append(source.uri)
-                continue
-            tmp = out_dir / f"{artifacts.TMP_PREFIX}{source.name}.{os.getpid()}"
-            done.append((tmp, output))
-            with artifacts.writing("predictions"):
-                work = functools.partial(
-                    _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
-                )
-                rows += reading.whole_pass(source, parquet, work)
-            logger.info("predicted %s", source.uri, extra={"rows": rows})
-    except BaseException:
-        for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
-        raise
-    with artifacts.writing("predictions"):
-        for tmp, output in done:  # every input read fine: now make them visible
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, output)
-        if done:
-            artifacts.fsync_dir(out_dir)
+        volume.sweep(out_dir, STALE_AFTER_S, CLAIM_LEASE_S)
+    outcomes = [
+        (out_dir / source.name, _infer_one(source, artifact, out_dir, config.force))
+        for source in sources
+    ]
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
+    summary = _infer_summary(artifact.version, outcomes, started)
+    rejected = summary["rejected"]
+    if rejected:
+        first = rejected[0]
+        where = f"moved to {first['moved_to']}" if first["moved_to"] else "left in place"
+        more = f" (and {len(rejected) - 1} more rejected)" if len(rejected) > 1 else ""
+        raise InputsRejectedError(f"{first['error']}; {where}{more}", summary)
+    return summary
+
+
+def _infer_summary(
+    version: str | None, outcomes: list[tuple[Path, Outcome]], started: float
+) -> dict[str, Any]:
+    def count(kind: str) -> int:
+        return sum(o.kind == kind for _, o in outcomes)
+
     return {
-        "model_version": artifact.version,
-        "inputs_predicted": len(done),
-        "inputs_skipped": len(skipped),
-        "rows_predicted": rows,
-        "outputs": [str(output) for _, output in done],
+        "model_version": version,
+        "inputs_predicted": count("predicted"),
+        "inputs_skipped": count("skipped"),
+        "inputs_busy": count("busy"),
+        "inputs_rejected": count("rejected"),
+        "rows_predicted": sum(o.rows for _, o in outcomes),
+        "outputs": [str(output) for output, o in outcomes if o.kind == "predicted"],
+        "rejected": [o.rejected for _, o in outcomes if o.rejected is not None],
+        "waiting_for_model": version is None,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _infer_one(
+    source: reading.Source, artifact: artifacts.Artifact, out_dir: Path, force: bool
+) -> Outcome:
+    """Predict one input unless the current model has done it or another run is at it.
+    A bad input of the queue is set aside; one named by the user is raised."""
+    output = out_dir / source.name
+    problem: BadInputError | None = None
+    parquet: pq.ParquetFile | None = None
+    fingerprint: dict[str, Any] = {}
+    try:
+        parquet = reading.open_parquet(source)
+        fingerprint = reading.fingerprint(source, parquet)
+        if not force and _predicted_already(output, artifact.version, fingerprint):
+            return Outcome("skipped")
+    except BadInputError as exc:
+        if not source.listed:
+            raise
+        if not source.is_local:
+            return Outcome("rejected", rejected=_reject(source, exc, artifact.version))
+        problem = exc
+    # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
+    with volume.writing("predictions"):
+        claim = volume.try_claim(output, CLAIM_LEASE_S, model_version=artifact.version)
+    if claim is None:
+        logger.info("%s: another run is at it; left to that run", source.uri)
+        return Outcome("busy")
+    try:
+        if problem is None:
+            assert parquet is not None
+            # Another run may have published it between our first look and our claim.
+            if not force and _predicted_already(output, artifact.version, fingerprint):
+                return Outcome("skipped")
+            try:
+                with volume.writing("predictions"), volume.replacing(output) as tmp:
+                    work = functools.partial(
+                        _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
+                    )
+                    rows = reading.whole_pass(source, parquet, work)
+            except BadInputError as exc:
+                if not source.listed:
+                    raise
+                problem = exc
+            else:
+                logger.info("predicted %s", source.uri, extra={"rows": rows})
+                return Outcome("predicted", rows)
+        return Outcome("rejected", rejected=_reject(source, problem, artifact.version))
+    finally:
+        volume.release(claim)
+
+
+def _reject(source: reading.Source, problem: BadInputError, version: str) -> dict[str, Any]:
+    """Set a bad input of the queue aside, never deleting it: rename it (on the same
+    volume) into ``rejected/`` beside its folder, with ``<name>.json`` saying why. A URL
+    is left where it is (the next run reports it again)."""
+    record: dict[str, Any] = {"input": source.uri, "moved_to": None, "error": str(problem)}
+    if not source.is_local:
+        logger.warning("%s; left in place (an input given by URL is not moved)", problem)
+        return record
+    path = Path(source.path)
+    folder = path.parent.parent / REJECTED
+    note = {
+        "input": source.uri,
+        "error": str(problem),
+        "rejected_at": volume.now_utc(),
+        "model_version": version,
+        "host": volume.holder(),
+    }
+    with volume.writing("a rejected input"):
+        folder.mkdir(exist_ok=True)
+        dest = folder / path.name
+        if dest.exists():  # a file of this name was rejected before: keep both
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest = folder / f"{path.stem}.{stamp}-{secrets.token_hex(3)}{path.suffix}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            logger.warning("%s; gone before it could be set aside", problem)
+            return record
+        volume.write_atomic(dest.with_name(dest.name + ".json"), json.dumps(note).encode())
+    logger.warning("%s; moved to %s", problem, dest)
+    return {**record, "moved_to": str(dest)}

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job import artifacts
+from job import artifacts, volume
 from job.errors import BadInputError, ModelUnavailableError
 from job.model import Model, PairStats, rmse
 
@@ -118,7 +118,7 @@ def _append_history(root: Path, entry: Mapping[str, Any]) -> None:
     """Append one line with one ``write`` to a file opened for appending, then sync: a
     crash leaves at worst a cut last line, which :func:`read_history` skips."""
     line = (json.dumps(dict(entry), default=str) + "\n").encode()
-    with artifacts.writing("the promotion history"):
+    with volume.writing("the promotion history"):
         fd = os.open(root / HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o664)
         try:
             # A line cut by a crash before this one would swallow it: start on a new line.
@@ -345,11 +345,11 @@ def prune_locked(root: Path, keep: int) -> list[str]:
     spare = protected(root)
     doomed = [v for v in known[: max(len(known) - keep, 0)] if v not in spare]
     models = root / artifacts.MODELS
-    with artifacts.writing("the models folder"):
+    with volume.writing("the models folder"):
         for version in doomed:
-            hidden = models / f"{artifacts.TMP_PREFIX}pruned-{version}.{os.getpid()}"
-            os.rename(models / version, hidden)
-            artifacts.fsync_dir(models)
+            hidden = volume.temporary_dir(models / f"pruned-{version}")
+            os.rename(models / version, hidden)  # replaces the empty folder reserved for it
+            volume.fsync_dir(models)
             shutil.rmtree(hidden)
             logger.info("pruned %s", version, extra={"model_version": version})
     return doomed

@@ -228,7 +228,7 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
     rows for ``infer``, the error for a failed run."""
     if not summary:
         return "-"
-    if "error" in summary:
+    if "error" in summary and not summary.get("inputs_rejected"):
         return f"error: {summary['error']}"
     if command == "train" and "model_version" in summary:
         text = f"model {summary['model_version']}"
@@ -242,10 +242,20 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
                 f"(rmse eval {_num(summary['rmse_eval_champion'], 3)})"
             )
         return text
+    if command == "infer" and summary.get("waiting_for_model"):
+        return "no model yet: waiting for the first training"
     if command == "infer" and "inputs_predicted" in summary:
         text = f"{summary['inputs_predicted']} inputs, {summary.get('rows_predicted', '?')} rows"
-        if summary.get("inputs_skipped"):
-            text += f", {summary['inputs_skipped']} skipped"
+        for key in ("skipped", "busy"):
+            if summary.get(f"inputs_{key}"):
+                text += f", {summary[f'inputs_{key}']} {key}"
+        if summary.get("inputs_rejected"):
+            names = [
+                str(r.get("input", "?")).rsplit("/", 1)[-1]
+                for r in summary.get("rejected") or []
+                if isinstance(r, dict)
+            ]
+            text += f", {summary['inputs_rejected']} rejected ({', '.join(names) or 'see logs'})"
         if "model_version" in summary:
             text += f" (model {summary['model_version']})"
         return text

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import calendar
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from job import volume
 
 logger = logging.getLogger(__name__)
 
@@ -536,21 +536,19 @@ def write_sample(
 ) -> SampleResult:
     """Write ``rows`` synthetic trips of ``month`` to ``out_dir/yellow_tripdata_<month>.parquet``.
 
-    The file appears whole or not at all: it is written under a temporary name in the
-    same directory, synced, then renamed over the destination.
+    The file appears whole or not at all: it is written under a temporary name of its own
+    in the same directory, synced, then renamed over the destination.
     """
     seed = default_seed(month) if seed is None else seed
     if row_group_rows < 1:
         raise ValueError(f"row_group_rows must be positive, not {row_group_rows}")
     batches = generate(month, rows, seed)  # validates before anything touches the disk
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name(month)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with volume.writing("synthetic trips"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with volume.replacing(path) as tmp:
             # snappy, like the TLC's own files.
-            with pq.ParquetWriter(handle, SCHEMA, compression="snappy") as writer:
+            with pq.ParquetWriter(tmp, SCHEMA, compression="snappy") as writer:
                 pending: list[pa.Table] = []
                 pending_rows = 0
                 # Batches are generated small to keep the temporaries small, and written
@@ -566,27 +564,5 @@ def write_sample(
                         pa.concat_tables(pending) if pending else SCHEMA.empty_table(),
                         row_group_rows,
                     )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets; this is plain data
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out_dir)
     logger.info("wrote %d synthetic trips of %s to %s (seed %d)", rows, month, path, seed)
     return SampleResult(path=path, rows=rows, month=month, seed=seed)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

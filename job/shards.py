@@ -27,12 +27,10 @@ each as its name, a NUL, its dtype, its shape and its bytes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from job.artifacts import fsync_dir
+from job import volume
 from job.errors import BadInputError
 from job.model import PairStats
 
@@ -48,7 +46,6 @@ FORMAT = "taxi-job/partial/v1"
 PARTIALS = "partials"
 REDUCER = "REDUCER"
 PUBLISHED = "PUBLISHED"
-TMP_PREFIX = ".tmp-"
 ROLES = ("train", "eval")
 _STATS = ("pu", "do", "n", "s", "q")
 #: A run id names a folder: letters, digits, dot, dash, underscore; not hidden.
@@ -134,19 +131,8 @@ def partial_path(folder: Path, shard: int, shards: int) -> Path:
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a unique synced temporary in its folder and a rename, so a
     reader (a shard on another node) sees the whole file or none."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 is for secrets; these are plain data
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with volume.replacing(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -196,15 +182,15 @@ def claim(folder: Path, shard: int) -> int:
     a local disk and on NFS alike: exactly one shard wins, and the holder's index is
     always readable (an ``O_EXCL`` create could be seen empty before it is written).
     """
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    tmp = volume.temporary_file(folder / REDUCER)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(f"{shard}\n")
             handle.flush()
             os.fsync(handle.fileno())
         try:
             os.link(tmp, folder / REDUCER)
-            fsync_dir(folder)
+            volume.fsync_dir(folder)
             return shard
         except FileExistsError:
             return int((folder / REDUCER).read_text(encoding="utf-8"))

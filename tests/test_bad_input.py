@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,42 +116,96 @@ def test_train_refuses_bad_data_and_publishes_nothing(tmp_path: Path, defect: De
     assert not list((artifacts / "models").glob("*")) if (artifacts / "models").exists() else True
 
 
-@pytest.mark.parametrize("defect", DEFECTS, ids=lambda d: d.__name__)
-def test_infer_refuses_bad_data_and_writes_no_prediction(tmp_path: Path, defect: Defect):
+def trained(tmp_path: Path) -> Path:
     artifacts = tmp_path / "artifacts"
     ok = good(tmp_path / "ok.parquet")
-    assert (
-        run(
-            [
-                "train",
-                "--train-data",
-                str(ok),
-                "--eval-data",
-                str(ok),
-                "--artifacts",
-                str(artifacts),
-            ]
-        ).exit_code
-        == 0
-    )
+    args = ["train", "--train-data", str(ok), "--eval-data", str(ok), "--artifacts", str(artifacts)]
+    assert run(args).exit_code == 0
+    return artifacts
+
+
+@pytest.mark.parametrize("defect", DEFECTS, ids=lambda d: d.__name__)
+def test_a_bad_input_named_on_the_command_line_is_refused_and_left_alone(
+    tmp_path: Path, defect: Defect
+):
+    artifacts = trained(tmp_path)
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    good(incoming / "a_first.parquet")  # fine, but must not be published either
     bad, problem = defect(incoming)
-    source = str(bad) if defect is missing else str(incoming)
-    result = run(["infer", "--input", source, "--artifacts", str(artifacts)])
+    before = bad.read_bytes() if bad.exists() else None
+    result = run(["infer", "--input", str(bad), "--artifacts", str(artifacts)])
     assert_one_clear_line(result, bad, problem)
+    assert (bad.read_bytes() if bad.exists() else None) == before  # never moved
+    assert not (tmp_path / "rejected").exists()
     predictions = artifacts / "predictions"
     assert not predictions.exists() or list(predictions.iterdir()) == []
 
 
-def test_infer_before_any_model(tmp_path: Path):
+@pytest.mark.parametrize("defect", DEFECTS[1:], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("listing", ["folder", "glob"])
+def test_a_bad_input_of_the_queue_is_quarantined_and_the_good_ones_published(
+    tmp_path: Path, defect: Defect, listing: str
+):
+    artifacts = trained(tmp_path)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    good(incoming / "a_first.parquet")
+    bad, problem = defect(incoming)
+    content = bad.read_bytes()
+    good(incoming / "z_last.parquet", seed=1)
+    source = str(incoming) if listing == "folder" else str(incoming / "*.parquet")
+    args = ["infer", "--input", source, "--artifacts", str(artifacts), "--output-format", "json"]
+    result = run([*args, "--termination-log", str(tmp_path / "termination-log")])
+    moved = tmp_path / "rejected" / bad.name
+    assert_one_clear_line(result, bad, problem)
+    assert f"moved to {moved}" in result.stderr.strip().splitlines()[-1]
+    # The good inputs are published, whole; the bad one is set aside, never deleted.
+    predictions = artifacts / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == ["a_first.parquet", "z_last.parquet"]
+    assert pq.read_table(predictions / "z_last.parquet").num_rows == 100
+    assert not bad.exists() and moved.read_bytes() == content
+    note = json.loads(moved.with_name(bad.name + ".json").read_text())
+    assert problem in note["error"] and note["input"] == str(bad)
+    assert {"rejected_at", "model_version", "host"} <= note.keys()
+    # The summary (stdout and the pod's termination message) names the rejected file.
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["inputs_predicted"], summary["inputs_rejected"]) == (2, 1)
+    assert summary["rejected"] == [
+        {"input": str(bad), "moved_to": str(moved), "error": note["error"]}
+    ]
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["exit_code"] == EXIT_BAD_INPUT and message["rejected"] == summary["rejected"]
+    # The next run is clean: nothing left to do.
+    again = run(args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["inputs_skipped"] == 2
+
+
+def test_a_file_rejected_again_under_the_same_name_keeps_both(tmp_path: Path):
+    artifacts = trained(tmp_path)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for text in ("first", "second"):
+        (incoming / "x.parquet").write_text(text)
+        result = run(["infer", "--input", str(incoming), "--artifacts", str(artifacts)])
+        assert result.exit_code == EXIT_BAD_INPUT
+    rejected = tmp_path / "rejected"
+    kept = sorted(p.read_text() for p in rejected.glob("x*.parquet"))
+    assert kept == ["first", "second"]
+    assert len(list(rejected.glob("x*.parquet.json"))) == 2
+
+
+def test_infer_before_any_model_waits_quietly(tmp_path: Path):
     data = good(tmp_path / "march.parquet")
-    result = run(["infer", "--input", str(data), "--artifacts", str(tmp_path / "artifacts")])
-    assert result.exit_code == EXIT_NO_MODEL
-    last = result.stderr.strip().splitlines()[-1]
-    assert "no model yet" in last and "taxi-job train" in last
-    assert not (tmp_path / "artifacts" / "predictions").exists()
+    args = ["infer", "--input", str(data), "--artifacts", str(tmp_path / "artifacts")]
+    result = run([*args, "--output-format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["model_version"] is None and summary["waiting_for_model"] is True
+    assert summary["inputs_predicted"] == 0
+    warning = result.stderr.strip().splitlines()[-1]
+    assert "no model yet" in warning and "taxi-job train" in warning
+    assert not (tmp_path / "artifacts").exists()  # nothing written on a fresh volume
 
 
 def test_infer_with_a_tampered_model(tmp_path: Path):

@@ -20,6 +20,7 @@ from trips import TLC_SCHEMA
 
 from job import sample
 from job.cli import cli
+from job.errors import TransientError
 
 # Written out in tests/trips.py rather than taken from job.sample: what the TLC publishes.
 TLC_2021_SCHEMA = list(zip(TLC_SCHEMA.names, TLC_SCHEMA.types, strict=True))
@@ -214,7 +215,7 @@ def test_failure_leaves_no_file_and_keeps_the_old_one(
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sample, "_chunk", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TransientError, match="^cannot write synthetic trips: disk full$"):
         make_sample(rows=sample.BATCH_ROWS + 10)
     assert old.read_bytes() == before
     assert os.listdir(old.parent) == [old.name]

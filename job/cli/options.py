@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 import click
 
 from job import logs
-from job.errors import EXIT_UNEXPECTED, TaxiJobError
+from job.errors import EXIT_UNEXPECTED, InputsRejectedError, TaxiJobError
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,13 @@ def _reporting(
         logs.configure(verbose - quiet, log_format)
         try:
             summary = func(*args, **kwargs)
+        except InputsRejectedError as exc:  # the rest of the run was done: report it too
+            click.echo(
+                json.dumps(exc.summary, default=str)
+                if output_format == "json"
+                else text(exc.summary)
+            )
+            fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
         except TaxiJobError as exc:
             fail(exc.exit_code, str(exc), termination_log, verbose > 0)
         except click.ClickException:
@@ -199,11 +206,20 @@ def _reporting(
     return wrapper
 
 
-def fail(code: int, message: str, termination_log: Path | None, traceback: bool) -> None:
-    """Exit with ``code`` after one line on stderr (and in the termination log)."""
+def fail(
+    code: int,
+    message: str,
+    termination_log: Path | None,
+    traceback: bool,
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """Exit with ``code`` after one line on stderr (and in the termination log, after what
+    the run did, if it did something)."""
     if traceback:
         logger.debug("details", exc_info=True)
     if termination_log is not None:
-        write_termination_log(termination_log, {"error": message, "exit_code": code})
+        write_termination_log(
+            termination_log, {**(summary or {}), "error": message, "exit_code": code}
+        )
     click.echo(f"taxi-job: error: {message}", err=True)
     sys.exit(code)

@@ -1,0 +1,246 @@
+"""Writing the shared volume: whole files or nothing, under names no other writer has.
+
+Every writer (``train``, ``infer``, ``sample-data``, ``fetch``), in any pod on any node,
+writes a new file under a temporary name of its own in the target folder, syncs it and
+renames it into place. The names come from ``mkstemp``/``mkdtemp``: an exclusive create
+(``O_CREAT | O_EXCL``) of ``.tmp-<target>.<random>``, so no two writers ever share one,
+whatever their process ids (every container's main process is pid 1).
+
+A claim is a small file created exclusively, held while one run works on one target and
+removed after; a claim older than its lease was left by a killed run and is broken.
+
+What this relies on from the volume's filesystem, which local filesystems, NFSv3 and later
+(and so EFS, Filestore, Azure Files NFS), CephFS and GlusterFS provide: an exclusive
+create fails when the name exists, and a rename within a folder is atomic. It does not
+rely on process ids, on ``flock`` (which some NFS setups do not honour across nodes), or
+on clocks agreeing closer than a claim's lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from job.errors import BadInputError, TransientError
+
+logger = logging.getLogger(__name__)
+
+#: Every temporary on the volume starts with this, so a sweep can find the leftovers.
+TMP_PREFIX = ".tmp-"
+#: Claims start with this (never with TMP_PREFIX: a temporaries sweep must not take them).
+CLAIM_PREFIX = ".claim-"
+#: Published files and folders are plain data: readable by every pod and notebook
+#: (``mkstemp``'s 0600 and ``mkdtemp``'s 0700 are meant for secrets).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def now_utc() -> str:
+    """The time as ``2026-12-01T02:37:17Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def holder() -> str:
+    """Who writes: the host (in a pod, the pod's name) and the process."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in the folder ``path`` durable. A filesystem that cannot sync a
+    folder (EINVAL) is let be; any other failure is raised."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Turn a failure to write to the shared volume into one clear error: permission
+    denied is a deployment problem (exit 2: a retry cannot help, check the pod's fsGroup
+    and the claim), anything else (a full or failing volume) may pass (exit 75).
+
+    The error names the file, or the folder when the file was one of our temporaries."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise BadInputError(
+            f"{_where(exc)}permission denied: cannot write {what} "
+            "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
+        ) from exc
+    except OSError as exc:
+        raise TransientError(f"{_where(exc)}cannot write {what}: {exc.strerror or exc}") from exc
+
+
+def _where(exc: OSError) -> str:
+    if not exc.filename:
+        return ""
+    path = Path(os.fsdecode(exc.filename))
+    return f"{path.parent if path.name.startswith(TMP_PREFIX) else path}: "
+
+
+def temporary_file(target: Path) -> Path:
+    """Create an empty file of our own beside ``target``, named ``.tmp-<name>.<random>``."""
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def temporary_dir(target: Path) -> Path:
+    """Create an empty folder of our own beside ``target``, named ``.tmp-<name>.<random>``."""
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent))
+    path.chmod(DIR_MODE)
+    return path
+
+
+def publish_file(tmp: Path, target: Path) -> None:
+    """Sync the written file ``tmp`` and rename it over ``target``; sync the folder."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.chmod(FILE_MODE)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """Yield a new temporary file of our own beside ``target`` to write; when the block
+    ends without error it replaces ``target`` whole. On any error, the rename included,
+    the temporary is removed and ``target`` is left as it was."""
+    tmp = temporary_file(target)
+    try:
+        yield tmp
+        publish_file(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An exclusive claim on a name, held by this run until :func:`release`."""
+
+    path: Path
+    content: bytes
+
+
+def claim_path(target: Path) -> Path:
+    """The claim file of ``target``: ``.claim-<name>`` beside it."""
+    return target.with_name(CLAIM_PREFIX + target.name)
+
+
+def try_claim(target: Path, lease_s: float, **note: Any) -> Claim | None:
+    """Claim ``target`` for this run; ``None`` when another live run holds it.
+
+    A claim older than ``lease_s`` was left by a killed run: it is broken (renamed away,
+    so of two runs breaking it at once only one succeeds) and taken.
+    """
+    path = claim_path(target)
+    body = {"holder": holder(), "since": now_utc(), "lease_s": lease_s, **note}
+    content = json.dumps({**body, "token": secrets.token_hex(8)}).encode()
+    for _ in range(3):  # a third pass only after two stale claims in a row
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            held_by = _break_if_stale(path, lease_s)
+            if held_by is None:
+                continue
+            logger.info("%s: held by %s", path, held_by)
+            return None
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        return Claim(path, content)
+    return None
+
+
+def _break_if_stale(path: Path, lease_s: float) -> str | None:
+    """Remove the claim at ``path`` if it is older than ``lease_s``. Return ``None`` when it
+    is gone (broken here, or released meanwhile), else who holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:  # the content and the age of one file (the name may be replaced meanwhile)
+        seen = os.read(fd, 4096)
+        age = time.time() - os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+    if age <= lease_s:
+        return _describe(seen)
+    broken = temporary_file(path)
+    try:
+        os.rename(path, broken)  # atomic: of several breakers, one takes it
+    except FileNotFoundError:
+        broken.unlink(missing_ok=True)
+        return None
+    taken = broken.read_bytes()
+    if taken != seen:
+        # Between our read and our rename another run broke the stale claim and took a
+        # new one: that is what we renamed. Hand it back.
+        os.rename(broken, path)
+        return _describe(taken)
+    logger.warning(
+        "%s: breaking a claim %.0f s old, %s: its run was killed", path, age, _describe(seen)
+    )
+    broken.unlink(missing_ok=True)
+    return None
+
+
+def _describe(content: bytes) -> str:
+    try:
+        body = json.loads(content)
+        return f"{body['holder']} since {body['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "a run that had not written its name yet"
+
+
+def release(claim: Claim) -> None:
+    """Remove our claim (unless a run broke it after our lease ran out and holds it now)."""
+    with contextlib.suppress(FileNotFoundError):
+        if claim.path.read_bytes() == claim.content:
+            claim.path.unlink()
+
+
+def sweep(folder: Path, temporaries_after_s: float, claims_after_s: float) -> None:
+    """Remove what killed runs left in ``folder``: temporaries not modified for
+    ``temporaries_after_s`` (a live writer finishes far sooner) and claims older than
+    ``claims_after_s`` (their lease)."""
+    cutoff = time.time() - temporaries_after_s
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as scan:
+        entries = [e for e in scan if e.name.startswith((TMP_PREFIX, CLAIM_PREFIX))]
+    for entry in entries:
+        if entry.name.startswith(CLAIM_PREFIX):
+            _break_if_stale(Path(entry.path), claims_after_s)
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another run may remove it first
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                logger.warning("removing %s, left by an interrupted run", entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
