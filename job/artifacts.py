@@ -111,7 +111,7 @@ def publish(
     body = {"format": FORMAT, "version": version, **metadata, "model": weights}
     data = (json.dumps(body, indent=1) + "\n").encode()
     sums = f"{hashlib.sha256(data).hexdigest()}  {MODEL_FILE}\n".encode()
-    with writing(f"model version {version}"):
+    with writing(f"model version {version}", root / MODELS):
         models = root / MODELS
         models.mkdir(parents=True, exist_ok=True)
         tmp = temporary_dir(models / version)

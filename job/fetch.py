@@ -89,7 +89,7 @@ def fetch_month(
         raise ValueError(f"retries must be zero or more, not {retries}")
     url = month_url(month, base_url)
     dest = dest_dir / file_name(month)
-    with volume.writing("the downloaded month"):
+    with volume.writing("the downloaded month", dest_dir):
         dest_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         try:
@@ -137,7 +137,7 @@ def _attempt(url: str, dest: Path, timeout: float) -> FetchResult:
         if expected is not None and _is_complete(dest, expected):
             logger.info("%s is already here with the server's size; not downloading", dest)
             return FetchResult(path=dest, bytes=expected, url=url, skipped=True)
-        with volume.writing("the downloaded month"), volume.replacing(dest) as tmp:
+        with volume.writing("the downloaded month", dest.parent), volume.replacing(dest) as tmp:
             with open(tmp, "wb") as handle:
                 _copy(response, handle)
             size = tmp.stat().st_size

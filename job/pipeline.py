@@ -485,7 +485,7 @@ def _infer_one(
             return Outcome("rejected", rejected=_reject(source, exc, artifact.version))
         problem = exc
     # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
-    with volume.writing("predictions"):
+    with volume.writing("predictions", out_dir):
         claim = volume.try_claim(output, CLAIM_LEASE_S, model_version=artifact.version)
     if claim is None:
         logger.info("%s: another run is at it; left to that run", source.uri)
@@ -497,7 +497,7 @@ def _infer_one(
             if not force and _predicted_already(output, artifact.version, fingerprint):
                 return Outcome("skipped")
             try:
-                with volume.writing("predictions"), volume.replacing(output) as tmp:
+                with volume.writing("predictions", out_dir), volume.replacing(output) as tmp:
                     work = functools.partial(
                         _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
                     )
@@ -531,7 +531,7 @@ def _reject(source: reading.Source, problem: BadInputError, version: str) -> dic
         "model_version": version,
         "host": volume.holder(),
     }
-    with volume.writing("a rejected input"):
+    with volume.writing("a rejected input", folder):
         folder.mkdir(exist_ok=True)
         dest = folder / path.name
         if dest.exists():  # a file of this name was rejected before: keep both

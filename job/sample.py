@@ -544,7 +544,7 @@ def write_sample(
         raise ValueError(f"row_group_rows must be positive, not {row_group_rows}")
     batches = generate(month, rows, seed)  # validates before anything touches the disk
     path = out_dir / file_name(month)
-    with volume.writing("synthetic trips"):
+    with volume.writing("synthetic trips", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         with volume.replacing(path) as tmp:
             # snappy, like the TLC's own files.

@@ -72,27 +72,31 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def writing(what: str) -> Iterator[None]:
+def writing(what: str, where: Path | None = None) -> Iterator[None]:
     """Turn a failure to write to the shared volume into one clear error: permission
     denied is a deployment problem (exit 2: a retry cannot help, check the pod's fsGroup
     and the claim), anything else (a full or failing volume) may pass (exit 75).
 
-    The error names the file, or the folder when the file was one of our temporaries."""
+    The error names the file (a rename's target), or the folder when the file was one of
+    our temporaries; ``where`` when the error names no file (arrow's do not)."""
     try:
         yield
     except PermissionError as exc:
         raise BadInputError(
-            f"{_where(exc)}permission denied: cannot write {what} "
+            f"{_where(exc, where)}permission denied: cannot write {what} "
             "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
         ) from exc
     except OSError as exc:
-        raise TransientError(f"{_where(exc)}cannot write {what}: {exc.strerror or exc}") from exc
+        raise TransientError(
+            f"{_where(exc, where)}cannot write {what}: {exc.strerror or exc}"
+        ) from exc
 
 
-def _where(exc: OSError) -> str:
-    if not exc.filename:
+def _where(exc: OSError, where: Path | None) -> str:
+    name = exc.filename2 or exc.filename or where  # a rename's target, or the file
+    if not name:
         return ""
-    path = Path(os.fsdecode(exc.filename))
+    path = Path(os.fsdecode(name))
     return f"{path.parent if path.name.startswith(TMP_PREFIX) else path}: "
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -214,10 +213,3 @@ def test_current_naming_a_missing_version(tmp_path):
     with pytest.raises(ModelUnavailableError, match="incomplete"):
         artifacts.load(tmp_path)
 
-
-def test_write_atomic_replaces_whole_files(tmp_path):
-    target = tmp_path / "f"
-    artifacts.write_atomic(target, b"one")
-    artifacts.write_atomic(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert os.listdir(tmp_path) == ["f"]

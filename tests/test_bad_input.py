@@ -14,6 +14,7 @@ from trips import trips_table
 
 from job.cli import cli
 from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL
+from job.runs import describe_summary
 
 Defect = Callable[[Path], tuple[Path, str]]
 
@@ -175,6 +176,9 @@ def test_a_bad_input_of_the_queue_is_quarantined_and_the_good_ones_published(
     ]
     message = json.loads((tmp_path / "termination-log").read_text())
     assert message["exit_code"] == EXIT_BAD_INPUT and message["rejected"] == summary["rejected"]
+    assert describe_summary("infer", message) == (
+        f"2 inputs, 200 rows, 1 rejected ({bad.name}) (model {summary['model_version']})"
+    )
     # The next run is clean: nothing left to do.
     again = run(args)
     assert again.exit_code == 0, again.output
@@ -206,6 +210,7 @@ def test_infer_before_any_model_waits_quietly(tmp_path: Path):
     warning = result.stderr.strip().splitlines()[-1]
     assert "no model yet" in warning and "taxi-job train" in warning
     assert not (tmp_path / "artifacts").exists()  # nothing written on a fresh volume
+    assert describe_summary("infer", summary) == "no model yet: waiting for the first training"
 
 
 def test_infer_with_a_tampered_model(tmp_path: Path):

@@ -180,6 +180,36 @@ def test_infer_predicts_a_changed_input_again(months, tmp_path, make_trips):
     assert report["rows_predicted"] == 100
 
 
+
+def test_infer_predicts_again_a_file_rewritten_in_place_with_its_old_mtime(tmp_path, months):
+    """Same size, same footer (rows reordered, uncompressed), modification time put back:
+    only the change time and the inode tell, and they are part of the fingerprint."""
+    jan, feb, _ = months
+    out = tmp_path / "artifacts"
+    invoke("train", "--train-data", str(jan), "--eval-data", str(feb), "--artifacts", str(out))
+    table = pq.read_table(feb)
+    path = tmp_path / "incoming" / "trips.parquet"
+    path.parent.mkdir()
+    options = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+    pq.write_table(table, path, **options)
+    invoke("infer", "--input", str(path.parent), "--artifacts", str(out))
+    before = path.stat()
+    rewritten = tmp_path / "rewritten.parquet"
+    pq.write_table(table.take(np.arange(table.num_rows)[::-1]), rewritten, **options)
+    assert rewritten.stat().st_size == before.st_size
+    assert pq.read_metadata(rewritten).to_dict() == pq.read_metadata(path).to_dict()
+    with open(path, "r+b") as handle:  # in place: the same inode
+        handle.write(rewritten.read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    report = last_json(
+        invoke(
+            "infer", "--input", str(path.parent), "--artifacts", str(out), "--output-format", "json"
+        ).stdout
+    )
+    assert report["inputs_predicted"] == 1
+    predicted = pq.read_table(out / "predictions" / path.name)
+    assert predicted["PULocationID"].to_pylist() == table["PULocationID"].to_pylist()[::-1]
+
 def test_empty_incoming_folder_is_nothing_to_do(months, tmp_path):
     jan, feb, _ = months
     out = tmp_path / "artifacts"

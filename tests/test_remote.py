@@ -37,6 +37,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(503, "try later")
             return None
         path = Path(self.translate_path(self.path))
+        if path.is_dir():  # an index page, which fsspec lists a glob from
+            return super().send_head()
         if not path.is_file():
             self.send_error(404)
             return None
@@ -135,6 +137,29 @@ def test_train_and_infer_from_urls(served, make_trips, tmp_path):
     assert json.loads(inferred.stdout.splitlines()[-1])["rows_predicted"] == 2000
     assert (out / "predictions" / "feb.parquet").is_file()
 
+
+
+def test_a_bad_file_listed_by_url_is_reported_and_left_in_place(served, make_trips, tmp_path):
+    """Quarantine moves local files only: a bad one behind a URL stays, the others are done."""
+    url, root = served
+    make_trips("jan.parquet", rows=300, seed=1, folder=root)
+    make_trips("mar.parquet", rows=200, seed=3, folder=root)
+    (root / "bad.parquet").write_text("not parquet")
+    out = tmp_path / "artifacts"
+    data = str(root / "jan.parquet")
+    args = ["train", "--train-data", data, "--eval-data", data, "--artifacts", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    result = CliRunner().invoke(
+        cli, ["infer", "--input", f"{url}/*.parquet", "--artifacts", str(out),
+              "--output-format", "json"],
+    )  # fmt: skip
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{url}/bad.parquet: not a parquet file" in last and "left in place" in last
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert (summary["inputs_predicted"], summary["inputs_rejected"]) == (2, 1)
+    assert summary["rejected"][0]["moved_to"] is None
+    assert (root / "bad.parquet").read_text() == "not parquet"
 
 def test_a_missing_url_is_bad_input(served, make_trips, tmp_path):
     url, root = served

@@ -215,7 +215,7 @@ def test_failure_leaves_no_file_and_keeps_the_old_one(
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sample, "_chunk", failing)
-    with pytest.raises(TransientError, match="^cannot write synthetic trips: disk full$"):
+    with pytest.raises(TransientError, match=r": cannot write synthetic trips: disk full$"):
         make_sample(rows=sample.BATCH_ROWS + 10)
     assert old.read_bytes() == before
     assert os.listdir(old.parent) == [old.name]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,66 +18,117 @@ import pytest
 from click.testing import CliRunner
 from trips import trips_table
 
-from job import artifacts, pipeline
+from job import pipeline, sample, volume
 from job.cli import cli
 from job.cli.options import TERMINATION_LOG_BYTES, fit_json
-from job.errors import EXIT_BAD_INPUT, BadInputError, TransientError
+from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, BadInputError, TransientError
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 
 
 def test_permission_denied_is_a_deployment_error_naming_the_path():
     with pytest.raises(BadInputError, match=r"/vol/models: permission denied: cannot write"):
-        with artifacts.writing("model version v1"):
+        with volume.writing("model version v1"):
             raise PermissionError(13, "Permission denied", "/vol/models")
 
 
 def test_a_full_volume_is_transient():
     with pytest.raises(TransientError, match=r"/vol/p.parquet: cannot write predictions: No space"):
-        with artifacts.writing("predictions"):
+        with volume.writing("predictions"):
             raise OSError(28, "No space left on device", "/vol/p.parquet")
 
 
-@pytest.mark.skipif(
+needs_setpriv = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
-def test_a_volume_the_user_cannot_write(tmp_path_factory):
-    """As a pod whose fsGroup does not match the volume: exit 2 and the path, no traceback."""
+
+
+@pytest.fixture
+def shared(tmp_path_factory) -> Path:
+    """A folder like a volume mounted for another user: readable, but not writable, by the
+    user 65534 that :func:`as_nobody` runs commands as."""
     root = tmp_path_factory.mktemp("shared", numbered=True)
     root.chmod(0o755)
-    data = root / "jan.parquet"
-    pq.write_table(trips_table([1, 2, 3] * 10, [2, 3, 1] * 10, [5.0, 9.0, 14.0] * 10), data)
-    data.chmod(0o644)
-    artifacts_dir = root / "artifacts"
-    artifacts_dir.mkdir(mode=0o755)  # owned by root: user 65534 cannot write
     parents = [p for p in [root, *root.parents] if p != Path("/")]
     for parent in parents:  # let the other user reach the files
         parent.chmod(parent.stat().st_mode | 0o005)
-    result = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            TAXI_JOB,
-            "train",
-            "--train-data",
-            str(data),
-            "--eval-data",
-            str(data),
-            "--artifacts",
-            str(artifacts_dir),
-        ],
+    return root
+
+
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``taxi-job args`` as a pod whose fsGroup does not match the volume."""
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", TAXI_JOB, *args],
         capture_output=True,
         text=True,
         check=False,
         env={**os.environ, "HOME": "/tmp"},
     )
+
+
+def assert_permission_denied(result: subprocess.CompletedProcess[str], path: Path, what: str):
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert "permission denied: cannot write the training lock" in last
-    assert str(artifacts_dir) in last
+    assert last.startswith(f"taxi-job: error: {path}: permission denied: cannot write {what}")
     assert "Traceback" not in result.stderr
+
+
+@needs_setpriv
+def test_a_volume_the_user_cannot_write(shared):
+    """As a pod whose fsGroup does not match the volume: exit 2 and the path, no traceback."""
+    data = shared / "jan.parquet"
+    pq.write_table(trips_table([1, 2, 3] * 10, [2, 3, 1] * 10, [5.0, 9.0, 14.0] * 10), data)
+    data.chmod(0o644)
+    artifacts_dir = shared / "artifacts"
+    artifacts_dir.mkdir(mode=0o755)  # owned by root: user 65534 cannot write
+    result = as_nobody(
+        "train", "--train-data", str(data), "--eval-data", str(data),
+        "--artifacts", str(artifacts_dir),
+    )  # fmt: skip
+    assert_permission_denied(result, artifacts_dir / ".train.lock", "the training lock")
+
+
+@needs_setpriv
+def test_sample_data_into_a_folder_the_user_cannot_write(shared):
+    result = as_nobody("sample-data", "--month", "2021-01", "--rows", "10", str(shared))
+    assert_permission_denied(result, shared, "synthetic trips")
+    assert os.listdir(shared) == []
+
+
+@needs_setpriv
+def test_fetch_into_a_folder_the_user_cannot_write(shared, tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    sample.write_sample("2021-01", 10, served)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = as_nobody("fetch", "--month", "2021-01", "--base-url", url, str(shared))
+        server.shutdown()
+    assert_permission_denied(result, shared, "the downloaded month")
+    assert os.listdir(shared) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root to mount a tmpfs"
+)
+def test_sample_data_on_a_full_volume_is_transient(tmp_path):
+    """A real full filesystem: a 64 KiB tmpfs, mounted in a mount namespace of its own."""
+    full = tmp_path / "full"
+    full.mkdir()
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c",
+         'mount -t tmpfs -o size=64k tmpfs "$1" && exec "$0" sample-data --month 2021-01 '
+         '--rows 20000 "$1"', TAXI_JOB, str(full)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if "mount:" in result.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    assert result.returncode == EXIT_TRANSIENT, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taxi-job: error: {full}: cannot write synthetic trips: ")
+    assert last.endswith("No space left on device")
 
 
 def test_the_termination_message_stays_valid_json_with_many_outputs():
