@@ -1,8 +1,9 @@
 """The two batch jobs: train a model and publish it; predict new trip files with the current one.
 
 Data flows one way: ``reading`` streams columns, ``model`` turns them into a fit and
-predictions, ``artifacts`` stores the result. Nothing is published before every input
-has been read and checked.
+predictions, ``artifacts`` and ``volume`` store the result. A model is published only
+after every input has been read and checked; an input's predictions only after that input
+has been read whole (see ``volume`` for how runs that overlap stay out of each other's way).
 """
 
 from __future__ import annotations
