@@ -116,10 +116,11 @@ def build_job(
     name: str,
     settings: Mapping[str, str] | None = None,
     launched_by: str | None = None,
+    args: Sequence[str] | None = None,
 ) -> V1Job:
     """The Job ``kubectl create job NAME --from=cronjob/...`` would create, labelled as
     launched by hand, with ``settings`` as env of the ``taxi-job`` container (env beats
-    the ConfigMap's envFrom)."""
+    the ConfigMap's envFrom) and, when given, ``args`` as its arguments."""
     from kubernetes import client
 
     template = cronjob.spec.job_template
@@ -133,6 +134,11 @@ def build_job(
     spec = copy.deepcopy(template.spec)
     if settings:
         _set_env(spec.template.spec.containers, settings)
+    if args is not None:
+        target = pick_container(spec.template.spec.containers)
+        if target is None:
+            raise BadInputError("the CronJob's pod template has no container to run")
+        target.args = list(args)
     return client.V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -195,9 +201,11 @@ def launch(
     allow_overlap: bool = False,
     launched_by: str | None = None,
     name: str | None = None,
+    args: Sequence[str] | None = None,
 ) -> V1Job:
-    """Create a Job from the CronJob ``command``; refuse a guarded command (``train``) while
-    one of its Jobs is active, unless ``allow_overlap``. Returns the created Job."""
+    """Create a Job from the CronJob ``command`` (running ``args`` instead of the template's,
+    if given); refuse a guarded command (``train``) while one of its Jobs is active, unless
+    ``allow_overlap``. Returns the created Job."""
     with api_call(batch, "get", "cronjobs.batch", name=command, namespace=namespace):
         cronjob = batch.read_namespaced_cron_job(command, namespace)
     if cronjob.metadata.namespace is None:
@@ -210,7 +218,11 @@ def launch(
                 "wait for it to finish or pass --allow-overlap"
             )
     job = build_job(
-        cronjob, name=name or job_name(command), settings=settings, launched_by=launched_by
+        cronjob,
+        name=name or job_name(command),
+        settings=settings,
+        launched_by=launched_by,
+        args=args,
     )
     with api_call(batch, "create", "jobs.batch", name=job.metadata.name, namespace=namespace):
         created = batch.create_namespaced_job(namespace, job)

@@ -15,8 +15,9 @@ from typing import Any
 
 from job.kube import BatchV1Api, CoreV1Api, V1Job, V1Pod, api_call
 
-#: The CronJobs (and commands) whose Jobs make up the history.
-COMMANDS = ("train", "infer")
+#: The CronJobs (and commands) whose Jobs make up the history (``models``: a suspended
+#: template that ``taxi-job launch models ...`` runs, e.g. a rollback).
+COMMANDS = ("train", "infer", "models")
 #: The container that runs ``taxi-job`` in a CronJob's pod template: one of these names
 #: (the manifests name it after the command), else the pod's first container.
 CONTAINERS = ("taxi-job", *COMMANDS)
@@ -259,8 +260,27 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
         if "model_version" in summary:
             text += f" (model {summary['model_version']})"
         return text
+    if command == "models":
+        return _describe_models(summary)
     if "message" in summary:
         return str(summary["message"])
+    return json.dumps(summary, default=str)[:120]
+
+
+def _describe_models(summary: Mapping[str, Any]) -> str:
+    """``rollback to V (was W)`` for a promotion, ``3 versions, current V`` for a list."""
+    if "cause" in summary and "version" in summary:
+        if summary.get("changed") is False:
+            return f"{summary['version']} was current already"
+        text = f"{summary['cause']} to {summary['version']} (was {summary.get('previous_version')})"
+        return text + (f": {summary['reason']}" if summary.get("reason") else "")
+    if isinstance(summary.get("versions"), list):
+        versions = summary["versions"]
+        now = next((v.get("version") for v in versions if v.get("status") == "current"), None)
+        count = len(versions) + int(summary.get("versions_omitted") or 0)
+        return f"{count} versions, current {now}"
+    if "pruned" in summary:
+        return f"pruned {len(summary['pruned'])} versions"
     return json.dumps(summary, default=str)[:120]
 
 

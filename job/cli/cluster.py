@@ -136,11 +136,18 @@ def _launch_text(summary: Mapping[str, Any]) -> str:
     if "state" not in summary:
         # Not waited for: the name alone, so that JOB=$(taxi-job launch train) works.
         return str(summary["job"])
+    if summary["command"] == "models":
+        from job.cli.models import render_result
+
+        return render_result(summary["args"], summary.get("result"))
     return render_text(summary)
 
 
-@click.command("launch")
-@click.argument("command", type=click.Choice(["train", "infer"]))
+# Unknown options go to ARGS (`launch models promote V --reason R`): the models command
+# in the pod parses them.
+@click.command("launch", context_settings={"ignore_unknown_options": True})
+@click.argument("command", type=click.Choice(["train", "infer", "models"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[MODELS ARGS]...")
 @cluster_options
 @option(
     "--set",
@@ -180,6 +187,7 @@ def _launch_text(summary: Mapping[str, Any]) -> str:
 @reporting(text=_launch_text)
 def launch(
     command: str,
+    args: tuple[str, ...],
     namespace: str,
     kubeconfig: str | None,
     context: str | None,
@@ -189,12 +197,27 @@ def launch(
     timeout: float | None,
     allow_overlap: bool,
 ) -> Mapping[str, Any]:
-    """Run train or infer now, as a Job made from its CronJob."""
+    """Run train or infer now, as a Job made from its CronJob; or a `models` command on
+    the cluster's volume (`launch models promote VERSION`: a rollback), waiting for its
+    result."""
     from job import kube, launcher
 
     overrides = launcher.parse_settings(settings)
     check_settings(command, overrides)
+    job_args = None
+    if command == "models":
+        from job.cli.models import launch_args
+
+        job_args = launch_args(args)
+        wait = True  # the result is the point
+    elif args:
+        raise click.UsageError(
+            f"launch {command} takes no arguments (got {' '.join(args)}); "
+            "--set KEY=VALUE changes an option for this run"
+        )
     cluster = kube.connect(kubeconfig, context)
+    if command == "models":  # who promoted, for the promotion history
+        overrides.setdefault("TAXI_JOB_BY", cluster.identity)
     job = launcher.launch(
         cluster.batch,
         namespace,
@@ -202,13 +225,17 @@ def launch(
         settings=overrides,
         allow_overlap=allow_overlap,
         launched_by=cluster.identity,
+        args=job_args,
     )
     name = job.metadata.name
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}
+    if job_args is not None:
+        summary["args"] = job_args[1:]
     if overrides:
         summary["settings"] = [f"{k}={v}" for k, v in overrides.items()]
     if not (wait or logs):
         return summary
+    output: list[str] = []
     if click.get_current_context().params.get("output_format") == "text":
         # The name first, before the pod's log: a script can read it from the first line.
         click.echo(name)
@@ -222,14 +249,35 @@ def launch(
             name,
             timeout=timeout,
             on_progress=printer.progress,
-            on_log=printer.log if logs else None,
+            on_log=_log_sink(printer.log if logs else None, output if job_args else None),
         )
     finally:
         printer.close()
     summary.update(state=result.state, duration_s=round(result.elapsed_s, 1))
+    if job_args is not None:
+        from job.cli.models import result_of
+
+        summary["result"] = result_of(output, result.summary)
+        return summary
     for key, value in result.summary.items():
         summary.setdefault(key, value)
     return summary
+
+
+def _log_sink(
+    show: Callable[[str], None] | None, keep: list[str] | None
+) -> Callable[[str], None] | None:
+    """Where the pod's log lines go: shown (``--logs``), kept (a models command's output is
+    its result), both or neither."""
+    if keep is None:
+        return show
+
+    def sink(line: str) -> None:
+        keep.append(line)
+        if show is not None:
+            show(line)
+
+    return sink
 
 
 def _runs_text(summary: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ Thin commands over :mod:`job.registry`. Exit codes: 2 for a version that does no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,6 @@ def render_history(summary: Mapping[str, Any]) -> str:
 
 def render_show(summary: Mapping[str, Any]) -> str:
     """Scalars as ``key: value`` lines, nested metadata (metrics, inputs, gate) as JSON."""
-    import json
-
     flat = {
         k: json.dumps(v, default=str) if isinstance(v, dict | list) else v
         for k, v in summary.items()
@@ -97,6 +96,51 @@ RENDERERS = {
 }
 
 
+#: What ``list`` and ``history`` print with ``--output-format json``: their summary's list.
+LISTS = {"list": "versions", "history": "history"}
+
+
+def launch_args(args: Sequence[str]) -> list[str]:
+    """The container arguments of ``taxi-job launch models ARGS``; a usage error for a
+    subcommand that does not exist (before any Job is made)."""
+    if not args or args[0] not in RENDERERS:
+        got = f" (got {args[0]!r})" if args else ""
+        raise click.UsageError(
+            f"launch models needs a models command{got}: one of {', '.join(RENDERERS)}, "
+            "e.g. `taxi-job launch models promote VERSION --reason TEXT`"
+        )
+    return ["models", *args]
+
+
+def result_of(lines: Sequence[str], fallback: Mapping[str, Any]) -> Any:
+    """A launched models command's result: the JSON its pod printed last on stdout (the
+    ConfigMap sets ``--output-format json``), else (no log) its termination message. The
+    pod's log lines are JSON too, but carry ``logger`` and ``level``."""
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, list) or (
+            isinstance(value, dict) and not {"logger", "level"} <= value.keys()
+        ):
+            return value
+    for key in LISTS.values():
+        if isinstance(fallback.get(key), list):
+            return fallback[key]
+    return dict(fallback)
+
+
+def render_result(args: Sequence[str], result: Any) -> str:
+    """A launched models command's result, as the command prints it on a laptop."""
+    command = args[0] if args else ""
+    if command in LISTS and isinstance(result, list):
+        return RENDERERS[command]({LISTS[command]: result, "artifacts": "the volume"})
+    if isinstance(result, Mapping) and result and command in RENDERERS:
+        return RENDERERS[command](result)
+    return json.dumps(result, default=str)
+
+
 @click.group("models")
 def models() -> None:
     """See the model versions, compare them, roll back, and delete old ones."""
@@ -105,7 +149,7 @@ def models() -> None:
 @models.command("list")
 @artifacts_option
 @common_options
-@reporting(text=render_list, payload=lambda s: s["versions"])
+@reporting(text=render_list, payload=lambda s: s[LISTS["list"]])
 def list_(artifacts: Path) -> Mapping[str, Any]:
     """Every model version, newest first, with its status and scores."""
     return {"artifacts": str(artifacts), "versions": registry.list_versions(artifacts)}
@@ -161,7 +205,7 @@ def prune(artifacts: Path, keep: int, lock_timeout: float) -> Mapping[str, Any]:
 @models.command("history")
 @artifacts_option
 @common_options
-@reporting(text=render_history, payload=lambda s: s["history"])
+@reporting(text=render_history, payload=lambda s: s[LISTS["history"]])
 def history(artifacts: Path) -> Mapping[str, Any]:
     """Every change of the current version, newest first: trainings, promotions, rollbacks."""
     entries = list(reversed(registry.read_history(artifacts)))

@@ -188,6 +188,14 @@ def test_seed_train_infer_on_one_volume(
     current = (on_host / "artifacts" / "CURRENT").read_text(encoding="utf-8").strip()
     assert current == trained["model_version"]
 
+    # the models template, as `taxi-job launch models` runs it (its default: list)
+    run = run_container(by_kind_name("CronJob", "models"), "models", volume)
+    assert run.returncode == EXIT_OK, run.stderr
+    listed = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [(v["version"], v["status"], v["verified"]) for v in listed] == [
+        (current, "current", True)]
+    assert run.summary()["versions"] == listed
+
     run = run_container(infer, "infer", volume)
     assert run.returncode == EXIT_OK, run.stderr
     inferred = run.summary()

@@ -22,15 +22,26 @@ DATA_MOUNT = "/var/lib/taxi-job"
 CLAIM = "taxi-job-data"
 CONFIGMAP = "taxi-job-config"
 SCHEDULED = {"train": "0 0 * * 0", "infer": "* * * * *"}
-TEMPLATES = ("seed-sample-data", "fetch-data", "infer-backlog")
+TEMPLATES = ("seed-sample-data", "fetch-data", "infer-backlog", "models")
 
 GetObject = Callable[[str, str], Manifest]
+
+
+def leaf_commands() -> dict[str, click.Command]:
+    """Every command that runs, a group's as ``models list``."""
+    found: dict[str, click.Command] = {}
+    for name, command in all_commands().items():
+        if isinstance(command, click.Group):
+            found.update({f"{name} {sub}": c for sub, c in command.commands.items()})
+        else:
+            found[name] = command
+    return found
 
 
 def cli_envvars() -> dict[str, set[str]]:
     """Each ``TAXI_JOB_*`` variable the CLI reads, and the commands that read it."""
     found: dict[str, set[str]] = {}
-    for name, command in all_commands().items():
+    for name, command in leaf_commands().items():
         for param in command.params:
             envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
             for envvar in envvars:
@@ -233,6 +244,9 @@ def test_every_container_runs_a_command_with_its_required_options(
         for container in containers(workload):
             command_name, *args = container["args"]
             command = all_commands()[command_name]
+            if isinstance(command, click.Group):  # `models list`: the subcommand's options
+                command = command.commands[args[0]]
+                args = args[1:]
             env = container_env(container, by_kind_name)
             ctx = click.Context(command)
             # parse as the container would: its args, then its environment
