@@ -197,9 +197,10 @@ def launch(
     timeout: float | None,
     allow_overlap: bool,
 ) -> Mapping[str, Any]:
-    """Run train or infer now, as a Job made from its CronJob; or a `models` command on
-    the cluster's volume (`launch models promote VERSION`: a rollback), waiting for its
-    result."""
+    """Run train or infer now, as a Job made from its CronJob.
+
+    `launch models ARGS...` runs `taxi-job models ARGS...` on the cluster's volume, waits
+    and prints its result: `launch models promote VERSION --reason TEXT` is a rollback."""
     from job import kube, launcher
 
     overrides = launcher.parse_settings(settings)
