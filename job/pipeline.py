@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -537,7 +536,7 @@ def _reject(source: reading.Source, problem: BadInputError, version: str) -> dic
         dest = folder / path.name
         if dest.exists():  # a file of this name was rejected before: keep both
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            dest = folder / f"{path.stem}.{stamp}-{secrets.token_hex(3)}{path.suffix}"
+            dest = folder / f"{path.stem}.{stamp}-{os.urandom(3).hex()}{path.suffix}"
         try:
             os.rename(path, dest)
         except FileNotFoundError:

@@ -23,10 +23,7 @@ import errno
 import json
 import logging
 import os
-import secrets
 import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,7 +52,7 @@ def now_utc() -> str:
 
 def holder() -> str:
     """Who writes: the host (in a pod, the pod's name) and the process."""
-    return f"{socket.gethostname()} pid {os.getpid()}"
+    return f"{os.uname().nodename} pid {os.getpid()}"
 
 
 def fsync_dir(path: Path) -> None:
@@ -102,6 +99,8 @@ def _where(exc: OSError, where: Path | None) -> str:
 
 def temporary_file(target: Path) -> Path:
     """Create an empty file of our own beside ``target``, named ``.tmp-<name>.<random>``."""
+    import tempfile  # here: the every-minute run with nothing to do needs none
+
     fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent)
     os.close(fd)
     return Path(name)
@@ -109,6 +108,8 @@ def temporary_file(target: Path) -> Path:
 
 def temporary_dir(target: Path) -> Path:
     """Create an empty folder of our own beside ``target``, named ``.tmp-<name>.<random>``."""
+    import tempfile
+
     path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent))
     path.chmod(DIR_MODE)
     return path
@@ -164,7 +165,7 @@ def try_claim(target: Path, lease_s: float, **note: Any) -> Claim | None:
     """
     path = claim_path(target)
     body = {"holder": holder(), "since": now_utc(), "lease_s": lease_s, **note}
-    content = json.dumps({**body, "token": secrets.token_hex(8)}).encode()
+    content = json.dumps({**body, "token": os.urandom(8).hex()}).encode()
     for _ in range(3):  # a third pass only after two stale claims in a row
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
