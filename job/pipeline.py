@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from job import __version__, artifacts, reading, registry, shards, volume
-from job.errors import BadInputError, InputsRejectedError, NoModelYetError
+from job.errors import BadInputError, InputsRejectedError, NoModelYetError, TaxiJobError
 from job.model import Model, PairAccumulator, PairStats, fit, rmse
 
 logger = logging.getLogger(__name__)
@@ -516,14 +516,26 @@ def _infer_one(
 
 def _reject(source: reading.Source, problem: BadInputError, version: str) -> dict[str, Any]:
     """Set a bad input of the queue aside, never deleting it: rename it (on the same
-    volume) into ``rejected/`` beside its folder, with ``<name>.json`` saying why. A URL
-    is left where it is (the next run reports it again)."""
+    volume) into ``rejected/`` beside its folder, with ``<name>.json`` saying why. A URL,
+    or a file that cannot be moved (a read-only input folder, ``rejected/`` on another
+    filesystem), is left where it is: the next run reports it again."""
     record: dict[str, Any] = {"input": source.uri, "moved_to": None, "error": str(problem)}
     if not source.is_local:
         logger.warning("%s; left in place (an input given by URL is not moved)", problem)
         return record
     path = Path(source.path)
     folder = path.parent.parent / REJECTED
+    try:
+        with volume.writing("a rejected input", folder):
+            folder.mkdir(exist_ok=True)
+            dest = folder / path.name
+            if dest.exists():  # a file of this name was rejected before: keep both
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                dest = folder / f"{path.stem}.{stamp}-{os.urandom(3).hex()}{path.suffix}"
+            os.rename(path, dest)
+    except TaxiJobError as exc:
+        logger.warning("%s; left in place: %s", problem, exc)
+        return record
     note = {
         "input": source.uri,
         "error": str(problem),
@@ -531,17 +543,10 @@ def _reject(source: reading.Source, problem: BadInputError, version: str) -> dic
         "model_version": version,
         "host": volume.holder(),
     }
-    with volume.writing("a rejected input", folder):
-        folder.mkdir(exist_ok=True)
-        dest = folder / path.name
-        if dest.exists():  # a file of this name was rejected before: keep both
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            dest = folder / f"{path.stem}.{stamp}-{os.urandom(3).hex()}{path.suffix}"
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            logger.warning("%s; gone before it could be set aside", problem)
-            return record
-        volume.write_atomic(dest.with_name(dest.name + ".json"), json.dumps(note).encode())
+    try:  # the file is set aside already: a note that cannot be written is only a warning
+        with volume.writing("a rejected input's note", folder):
+            volume.write_atomic(dest.with_name(dest.name + ".json"), json.dumps(note).encode())
+    except TaxiJobError as exc:
+        logger.warning("%s", exc)
     logger.warning("%s; moved to %s", problem, dest)
     return {**record, "moved_to": str(dest)}

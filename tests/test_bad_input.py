@@ -199,6 +199,23 @@ def test_a_file_rejected_again_under_the_same_name_keeps_both(tmp_path: Path):
     assert len(list(rejected.glob("x*.parquet.json"))) == 2
 
 
+
+def test_a_bad_input_that_cannot_be_moved_is_left_in_place(tmp_path: Path):
+    """A read-only queue, or ``rejected/`` not a folder: reported each run, the rest done."""
+    artifacts = trained(tmp_path)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (tmp_path / "rejected").write_text("a file where the folder should be")
+    bad, problem = not_parquet(incoming)
+    good(incoming / "z_last.parquet")
+    args = ["infer", "--input", str(incoming), "--artifacts", str(artifacts)]
+    result = run([*args, "--output-format", "json"])
+    assert_one_clear_line(result, bad, problem)
+    assert result.stderr.strip().splitlines()[-1].endswith("left in place")
+    assert bad.exists() and (artifacts / "predictions" / "z_last.parquet").is_file()
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rejected"][0]["moved_to"] is None
+
 def test_infer_before_any_model_waits_quietly(tmp_path: Path):
     data = good(tmp_path / "march.parquet")
     args = ["infer", "--input", str(data), "--artifacts", str(tmp_path / "artifacts")]
