@@ -41,6 +41,7 @@ TRAIN, EVAL, INFER = MONTHS
 TARGET_TRAIN_SPEEDUP = 50.0
 TARGET_INFER_SPEEDUP = 20.0
 TARGET_RSS_GROWTH = 1.3
+TARGET_GATE_COST = 0.10
 ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_NUM_THREADS",
@@ -166,6 +167,8 @@ class Scale:
     rows: dict[str, int]
     train_tb: Runs = field(default_factory=Runs)
     train_tj: Runs = field(default_factory=Runs)
+    #: taxi-job trainings with a current model to score: the promotion gate at work.
+    train_gate: Runs = field(default_factory=Runs)
     infer_tb: Runs = field(default_factory=Runs)
     infer_tj: Runs = field(default_factory=Runs)
     max_abs_diff: float = float("nan")
@@ -206,11 +209,26 @@ def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> S
     ]
     infer_tb = [*TEXTBOOK, "infer", str(data[INFER]), str(tb_dir)]
 
+    # The promotion gate: trainings into a folder that has a current model, which each one
+    # loads, verifies and scores (next to the fresh ones, which have none to score).
+    gate_dir = base / "taxi-job-gate"
+    shutil.rmtree(gate_dir, ignore_errors=True)
+    train_gate = [str(gate_dir) if arg == str(tj_dir) else arg for arg in train_tj]
+    measure(train_gate, cwd)
     for who in interleave(repeat, textbook_runs):
         if who == "taxi-job":
-            # A fresh artifacts folder each time: every run does the same work.
+            # A fresh artifacts folder each time: every run does the same work. The gated
+            # run goes first every other time, so neither gets the warmer cache always.
+            gate_first = len(result.train_gate.runs) % 2 == 1
+            if gate_first:
+                result.train_gate.runs.append(gated := measure(train_gate, cwd))
             shutil.rmtree(tj_dir, ignore_errors=True)
             result.train_tj.runs.append(run := measure(train_tj, cwd))
+            if not gate_first:
+                result.train_gate.runs.append(gated := measure(train_gate, cwd))
+            if gated.summary.get("champion_version") is None:
+                raise RuntimeError(f"{scale}x: the gated training had no champion to score")
+            log(f"{scale}x train taxi-job with the gate: {gated.seconds:.2f} s")
         else:
             shutil.rmtree(tb_dir, ignore_errors=True)
             result.train_tb.runs.append(run := measure(train_tb, cwd))
@@ -301,6 +319,16 @@ def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]
     )
     row("train: textbook s", [f"{s.train_tb.seconds:.1f}" for s in scales])
     row(f"train: taxi-job s (median of {repeat})", [f"{s.train_tj.seconds:.2f}" for s in scales])
+    row(
+        f"train: taxi-job, a champion to score s (median of {repeat})",
+        [f"{s.train_gate.seconds:.2f}" for s in scales],
+    )
+    cost = [s.train_gate.seconds / s.train_tj.seconds - 1 for s in scales]
+    row(
+        "promotion gate: added to train",
+        [f"{100 * x:+.1f} % {verdict(x < TARGET_GATE_COST)}" for x in cost],
+        f"< {100 * TARGET_GATE_COST:.0f} %",
+    )
     speed = [s.train_tb.seconds / s.train_tj.seconds for s in scales]
     row(
         "train speed-up",
@@ -410,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in results:
         print(
             f"{s.scale}× samples (s): train taxi-job [{s.train_tj.samples()}], "
+            f"with the gate [{s.train_gate.samples()}], "
             f"textbook [{s.train_tb.samples()}]; infer taxi-job [{s.infer_tj.samples()}], "
             f"textbook [{s.infer_tb.samples()}]"
         )
@@ -421,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "scales": {
             s.scale: {
                 step: [r.__dict__ for r in getattr(s, step).runs]
-                for step in ("train_tb", "train_tj", "infer_tb", "infer_tj")
+                for step in ("train_tb", "train_tj", "train_gate", "infer_tb", "infer_tj")
             }
             for s in results
         },
