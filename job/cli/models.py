@@ -51,7 +51,7 @@ def render_list(summary: Mapping[str, Any]) -> str:
             _score(v["rmse_train"]),
             _score(v["rmse_eval"]),
             v["rows"],
-            ", ".join(Path(str(u)).name for u in v["train_inputs"]) or None,
+            ", ".join(str(u) for u in v["train_inputs"]) or None,
         )
         for v in versions
     ]
