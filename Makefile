@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO ?= local/demo
 ROWS ?= 300000
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint bench bench-scale clean-demo
 
 $(BIN)/taxi-job: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --markdown
+
+# A year in one process against 2 shards side by side (README "Scaling out").
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py --markdown
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -62,6 +62,8 @@ class Run:
     seconds: float
     max_rss_kib: int
     summary: dict[str, Any]
+    cpu_seconds: float = float("nan")
+    """User plus system CPU time (GNU time's %U + %S; NaN without it)."""
 
 
 @dataclass
@@ -100,7 +102,7 @@ def measure(cmd: list[str], cwd: Path) -> Run:
         tempfile.TemporaryFile() as err,
         tempfile.NamedTemporaryFile("r") as rss,
     ):
-        wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if GNU_TIME else cmd
+        wrapped = [GNU_TIME, "-f", "%U %S %M", "-o", rss.name, *cmd] if GNU_TIME else cmd
         started = time.perf_counter()
         proc = subprocess.Popen(wrapped, cwd=cwd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -109,13 +111,16 @@ def measure(cmd: list[str], cwd: Path) -> Run:
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-        peak_kib = int(rss.read().split()[-1]) if GNU_TIME and proc.returncode == 0 else 0
+        # GNU time's last line: user s, system s, peak RSS KiB.
+        fields = rss.read().split()[-3:] if GNU_TIME and proc.returncode == 0 else []
+        peak_kib = int(fields[2]) if fields else 0
+        cpu = float(fields[0]) + float(fields[1]) if fields else usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}\n{stderr[-4000:]}{stdout[-2000:]}"
         )
     lines = stdout.strip().splitlines()
-    return Run(seconds, peak_kib or usage.ru_maxrss, json.loads(lines[-1]) if lines else {})
+    return Run(seconds, peak_kib or usage.ru_maxrss, json.loads(lines[-1]) if lines else {}, cpu)
 
 
 def data_for(scale: int, workdir: Path) -> dict[str, Path]:

@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
 
     one_s = statistics.median(r.seconds for r in single)
     wall_s = statistics.median(walls)
-    speedup = one_s / wall_s
+    # The ratio within each round (the runs of a round are next to each other in time,
+    # so share the machine's load best), then the median over the rounds.
+    ratios = [r.seconds / w for r, w in zip(single, walls, strict=True)]
+    speedup = statistics.median(ratios)
+    one_cpu = statistics.median(r.cpu_seconds for r in single)
+    shards_cpu = statistics.median(sum(r.cpu_seconds for r in runs) for runs in shard_runs)
     month_rss = max(r.max_rss_kib for r in month) / 1024
     shard_rss = max(r.max_rss_kib for runs in shard_runs for r in runs) / 1024
     one_rss = max(r.max_rss_kib for r in single) / 1024
@@ -158,13 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     rmse = [single[-1].summary["rmse_eval"], reducers[-1].summary["rmse_eval"]]
 
     n = args.shards
+    cores = len(os.sched_getaffinity(0))
     table = [
         ["rows (12 months + eval month)", f"{rows:,}", ""],
         ["one process: s, rows/s", f"{one_s:.2f} s, {rows / one_s / 1e6:.1f} M/s", ""],
         [f"{n} shards side by side: s, rows/s", f"{wall_s:.2f} s, {rows / wall_s / 1e6:.1f} M/s",
          ""],
-        [f"speed-up, {n} shards / one process", f"{speedup:.2f}×",
+        [f"speed-up, {n} shards / one process (median of rounds)", f"{speedup:.2f}×",
          f"≥ {TARGET_SPEEDUP}× {verdict(speedup >= TARGET_SPEEDUP)}"],
+        ["speed-up in each round", ", ".join(f"{x:.2f}×" for x in ratios), ""],
+        [f"CPU s: one process / {n} shards in all", f"{one_cpu:.2f} / {shards_cpu:.2f} s", ""],
+        ["cores one process keeps busy (CPU s / s)", f"{one_cpu / one_s:.2f}", ""],
+        [f"speed-up ceiling on {cores} cores: one process's s / (shards' CPU s / {cores})",
+         f"{one_s / (shards_cpu / min(cores, n)):.2f}×", ""],
+        ["efficiency: one process's CPU s / the shards'", f"{one_cpu / shards_cpu:.0%}", ""],
         ["peak RSS: one month / a year in one process", f"{month_rss:.0f} / {one_rss:.0f} MiB", ""],
         ["peak RSS of a shard / one month", f"{shard_rss:.0f} MiB, {shard_rss / month_rss:.2f}×",
          f"≤ {TARGET_RSS_RATIO}× {verdict(shard_rss / month_rss <= TARGET_RSS_RATIO)}"],
