@@ -70,6 +70,9 @@ def overlay(directory: Path, namespace: str) -> Path:
             {"target": {"kind": "CronJob", "name": "seed-sample-data"},
              "patch": yaml.safe_dump(seed_rows)},
             {"target": {"kind": "CronJob", "name": "train"}, "patch": yaml.safe_dump(small)},
+            # the every-minute infer has nothing to do with this test: suspended
+            {"target": {"kind": "CronJob", "name": "infer"},
+             "patch": yaml.safe_dump([{"op": "add", "path": "/spec/suspend", "value": True}])},
         ],
     }  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
