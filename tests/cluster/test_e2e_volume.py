@@ -1,0 +1,145 @@
+"""The shared-volume protocol on a real cluster: a fresh install's first scheduled `infer`
+succeeds while it waits for a model; three `infer` Jobs started at once (every pod pid 1)
+publish each output exactly once, whole; a bad file in the queue goes to `rejected/`, the
+Job that found it fails at once, and the next run is clean.
+
+Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
+image the cluster's node has (k8s-local: ``load-image``). Everything happens in a
+namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end:
+test_e2e_models's deployment, whose every-minute infer this test turns on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_e2e_models import namespace  # noqa: F401 - the fixture: the repository, deployed
+from test_e2e_scale_out import IMAGE, KUBECONFIG, kubectl, run_job
+
+from job.errors import EXIT_BAD_INPUT
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
+    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
+]
+
+VOLUME = "/var/lib/taxi-job"
+BIG = "yellow_tripdata_2021-04.parquet"
+BIG_ROWS = 2_000_000  # a few seconds to predict: the three runs overlap
+
+READ_VOLUME = f"""
+import json, os, pyarrow.parquet as pq
+from job import artifacts
+out = {{"current": artifacts.current_version("{VOLUME}/artifacts"), "outputs": {{}}}}
+for folder in ("{VOLUME}/artifacts/predictions", "{VOLUME}/data/rejected"):
+    out[folder] = sorted(os.listdir(folder))
+for name in out["{VOLUME}/artifacts/predictions"]:
+    if name.startswith("."):
+        continue
+    path = "{VOLUME}/artifacts/predictions/" + name
+    table = pq.read_table(path, columns=["model_version"])
+    footer = pq.read_schema(path).metadata[b"taxi_job.model_version"].decode()
+    rows = pq.read_metadata("{VOLUME}/data/incoming/" + name).num_rows
+    out["outputs"][name] = {{"footer": footer, "rows": table.num_rows, "input_rows": rows,
+                            "versions": table["model_version"].unique().to_pylist()}}
+print(json.dumps(out))
+"""
+
+
+def infer_job(ns: str, name: str, args: list[str] | None = None,
+              command: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A Job made from the infer CronJob's template, as a user's manual run (no owner, so
+    the CronJob's history limit does not reap it), with other args or another command."""
+    infer = json.loads(kubectl("-n", ns, "get", "cronjob", "infer", "-o", "json"))
+    spec = infer["spec"]["jobTemplate"]["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    if args is not None:
+        container["args"] = args
+    if command is not None:
+        container["command"], container["args"] = command, []
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+
+
+def finished(ns: str, name: str, timeout_s: float = 600) -> tuple[str, int, dict]:
+    """Wait for Job ``name`` to end; its condition, its pod's exit code and summary."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # polling the Job's state, not timing it
+        job = json.loads(kubectl("-n", ns, "get", "job", name, "-o", "json"))
+        done = [c["type"] for c in job["status"].get("conditions", [])
+                if c["status"] == "True" and c["type"] in ("Complete", "Failed")]  # fmt: skip
+        if done:
+            pods = json.loads(kubectl("-n", ns, "get", "pods", "-l", f"job-name={name}",
+                                      "-o", "json"))["items"]  # fmt: skip
+            state = pods[-1]["status"]["containerStatuses"][0]["state"]["terminated"]
+            return done[0], state["exitCode"], json.loads(state.get("message") or "{}")
+        time.sleep(2)
+    pytest.fail(f"job {name} did not end in {timeout_s} s")
+
+
+def test_first_minute_overlapping_infers_and_quarantine(namespace: str) -> None:  # noqa: F811
+    # 1. A fresh install: the schedule's first infer runs before any model, and succeeds.
+    kubectl("-n", namespace, "patch", "cronjob", "infer", "-p", '{"spec":{"suspend":false}}')
+
+    def first_scheduled() -> str | None:
+        jobs = json.loads(kubectl("-n", namespace, "get", "jobs", "-o", "json"))["items"]
+        names = [j["metadata"]["name"] for j in jobs if j["metadata"]["name"].startswith("infer-")]
+        return names[0] if names else None
+
+    deadline = time.monotonic() + 180
+    while (scheduled := first_scheduled()) is None:
+        assert time.monotonic() < deadline, "the infer CronJob started no Job"
+        time.sleep(2)
+    kubectl("-n", namespace, "patch", "cronjob", "infer", "-p", '{"spec":{"suspend":true}}')
+    state, code, summary = finished(namespace, scheduled)
+    assert (state, code) == ("Complete", 0), summary
+    assert summary["waiting_for_model"] is True and summary["model_version"] is None
+
+    # 2. Data, a model, a big input and a bad one in the queue.
+    run_job(namespace, from_cronjob="seed-sample-data", name="seed")
+    run_job(namespace, from_cronjob="train", name="train")
+    big = ["sample-data", "--month", "2021-04", "--rows", str(BIG_ROWS), f"{VOLUME}/data/incoming"]
+    run_job(namespace, infer_job(namespace, "big", big))
+    bad = f"{VOLUME}/data/incoming/bad.parquet"
+    put = f"printf 'PAR1 not parquet' > {bad}.part && mv {bad}.part {bad}"
+    run_job(namespace, infer_job(namespace, "put-bad", command=["sh", "-c", put]))
+
+    # 3. Three infer runs at once: each input predicted by exactly one, the bad file
+    # rejected by exactly one (its Job fails at once), nobody fails confusingly.
+    names = [f"infer-by-hand-{k}" for k in range(3)]
+    for name in names:
+        kubectl("-n", namespace, "create", "-f", "-",
+                stdin=json.dumps(infer_job(namespace, name)))  # fmt: skip
+    results = [finished(namespace, name) for name in names]
+    rejecting = [r for r in results if r[2].get("inputs_rejected")]
+    assert len(rejecting) == 1, results
+    assert rejecting[0][:2] == ("Failed", EXIT_BAD_INPUT)
+    assert rejecting[0][2]["rejected"][0]["moved_to"] == f"{VOLUME}/data/rejected/bad.parquet"
+    assert all(r[:2] == ("Complete", 0) for r in results if r is not rejecting[0]), results
+    predicted = [o for r in results for o in r[2]["outputs"]]
+    assert sorted(Path(o).name for o in predicted) == sorted(
+        [BIG, "yellow_tripdata_2021-03.parquet"]
+    ), results
+
+    # 4. What is on the volume: whole outputs of the current model, the bad file set
+    # aside with its note, no temporary and no claim left.
+    reader = infer_job(namespace, "read-volume", command=["python", "-c", READ_VOLUME])
+    run_job(namespace, reader)
+    volume = json.loads(kubectl("-n", namespace, "logs", "job/read-volume").splitlines()[-1])
+    assert volume[f"{VOLUME}/data/rejected"] == ["bad.parquet", "bad.parquet.json"]
+    assert not [n for n in volume[f"{VOLUME}/artifacts/predictions"] if n.startswith(".")]
+    assert sorted(volume["outputs"]) == sorted([BIG, "yellow_tripdata_2021-03.parquet"])
+    for output in volume["outputs"].values():
+        assert output["versions"] == [output["footer"]] == [volume["current"]]
+        assert output["rows"] == output["input_rows"]
+
+    # 5. The next run is clean.
+    kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(infer_job(namespace, "next")))
+    state, code, summary = finished(namespace, "next")
+    assert (state, code) == ("Complete", 0), summary
+    assert (summary["inputs_skipped"], summary["inputs_rejected"]) == (2, 0)
