@@ -203,7 +203,7 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         "eval_rows_read": mine["eval"].rows_read,
         "eval_rows_kept": mine["eval"].rows_kept,
     }
-    missing = [k for k in range(count) if not shards.partial_path(folder, k, count).exists()]
+    missing = shards.missing(folder, count)
     if missing:
         logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
         return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}

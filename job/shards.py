@@ -128,6 +128,18 @@ def partial_path(folder: Path, shard: int, shards: int) -> Path:
     return folder / f"shard-{shard + 1:04d}-of-{shards:04d}.npz"
 
 
+def missing(folder: Path, shards: int) -> list[int]:
+    """The shards whose partial is not in ``folder`` yet.
+
+    Read from a listing of the folder, not by looking each name up: an NFS client may
+    cache "no such file" for a name for seconds, while opening and reading the folder
+    revalidates it (close-to-open consistency), so the last shard to finish sees the
+    partials the others renamed into place before it.
+    """
+    present = set(os.listdir(folder))
+    return [k for k in range(shards) if partial_path(folder, k, shards).name not in present]
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a unique synced temporary in its folder and a rename, so a
     reader (a shard on another node) sees the whole file or none."""

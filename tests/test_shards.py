@@ -140,6 +140,33 @@ def test_shards_in_any_order_and_retried_or_duplicated_give_one_model_one_publis
     assert_same_model(reduced, single, out, tmp_path / "one")
 
 
+def test_shards_racing_each_other_and_their_duplicates_publish_once(year, tmp_path):
+    """Every shard twice (an index retried while its first pod still runs), all started
+    at once as processes: exactly one reduces, one version, the one-process model."""
+    train, evaluation = year
+    out = tmp_path / "a"
+    processes = [
+        subprocess.Popen(
+            [TAXI_JOB, *train_args(train, evaluation, out), "--shards", "3", "--shard-index",
+             str(index), "--run-id", "race", "--lock-timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for index in (0, 1, 2, 0, 1, 2)
+    ]  # fmt: skip
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    published = {r["model_version"] for r in results if "model_version" in r}
+    published |= {r["published_already"] for r in results if "published_already" in r}
+    (version,) = published
+    assert artifacts.versions(out) == [version]
+    reduced = next(r for r in results if r.get("model_version") == version)
+    single = one_process(train, evaluation, tmp_path / "one")
+    assert_same_model(reduced, single, out, tmp_path / "one")
+
+
 def test_a_reducer_that_dies_after_publishing_does_not_publish_twice(
     year, tmp_path, monkeypatch
 ):
