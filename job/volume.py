@@ -115,24 +115,20 @@ def temporary_dir(target: Path) -> Path:
     return path
 
 
-def publish_file(tmp: Path, target: Path) -> None:
-    """Sync the written file ``tmp`` and rename it over ``target``; sync the folder."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.chmod(FILE_MODE)
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
-
-
 @contextlib.contextmanager
 def replacing(target: Path) -> Iterator[Path]:
     """Yield a new temporary file of our own beside ``target`` to write; when the block
-    ends without error it replaces ``target`` whole. On any error, the rename included,
-    the temporary is removed and ``target`` is left as it was."""
+    ends without error it is synced and renamed over ``target``, and the folder synced.
+    On any error, the rename included, the temporary is removed and ``target`` is left as
+    it was."""
     tmp = temporary_file(target)
     try:
         yield tmp
-        publish_file(tmp, target)
+        with open(tmp, "rb") as handle:  # the writer may have used its own handle
+            os.fsync(handle.fileno())
+        tmp.chmod(FILE_MODE)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
