@@ -1,5 +1,6 @@
 """components/scale-out on a real cluster: the Indexed training Job of 3 shards completes,
-publishes one model, and that model predicts what a one-pod training's predicts, to 1e-9.
+publishes one model, and that model predicts what a one-pod training's predicts, to 1e-9;
+a reducing pod deleted mid-reduce is replaced by the Job, and the replacement publishes.
 
 Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
 image the cluster's node has (k8s-local: ``load-image``). Everything happens in a
@@ -93,11 +94,23 @@ def namespace(tmp_path: Path) -> Iterator[str]:
 
 def run_job(namespace: str, job: dict[str, Any] | None = None, *, from_cronjob: str = "",
             name: str = "", timeout_s: int = 600) -> None:  # fmt: skip
+    """Create a Job (from an object, or from a CronJob's template) and wait for it."""
+    wait_job(namespace, create_job(namespace, job, from_cronjob=from_cronjob, name=name),
+             timeout_s)  # fmt: skip
+
+
+def create_job(namespace: str, job: dict[str, Any] | None = None, *, from_cronjob: str = "",
+               name: str = "") -> str:  # fmt: skip
     if job is not None:
         kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
-        name = job["metadata"]["name"]
-    else:
-        kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{from_cronjob}")
+        return str(job["metadata"]["name"])
+    kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{from_cronjob}")
+    return name
+
+
+def wait_job(namespace: str, name: str, timeout_s: int = 600) -> None:
+    """Wait until the Job completes; fail the test with its pods and logs if it fails."""
+    status: dict[str, Any] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:  # polling the Job's state, not timing it
         status = json.loads(kubectl("-n", namespace, "get", "job", name, "-o", "json"))["status"]
@@ -193,3 +206,87 @@ def test_indexed_training_of_three_shards_equals_a_one_pod_training(namespace: s
     for key in ("rmse_train", "rmse_eval"):
         got, want = (m["metadata"]["metrics"][key] for m in (sharded, single))
         assert got == pytest.approx(want, rel=1e-9, abs=0)
+
+
+HOLD_LOCK = """
+import pathlib, time
+from job import artifacts
+root = pathlib.Path("/var/lib/taxi-job/artifacts")
+with artifacts.training_lock(root):
+    print("held", flush=True)
+    while not (root / "release").exists():
+        time.sleep(0.5)
+"""
+
+
+def until(condition: Any, what: str, timeout_s: float = 300) -> Any:
+    """Poll ``condition`` (the cluster's state) until it returns something true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_killed_reducer_pod_is_replaced_and_its_retry_publishes(namespace: str) -> None:
+    """The reducing shard waits for the training lock (held by another pod); deleting it
+    leaves no model, and the index's replacement pod takes the claim over and publishes
+    once the lock is free."""
+    run_job(namespace, from_cronjob="seed-sample-data", name="seed")
+    train = json.loads(kubectl("-n", namespace, "get", "cronjob", "train", "-o", "json"))
+    holder = create_job(namespace, one_pod_job(train, "hold-lock", ["python", "-c", HOLD_LOCK]))
+    until(lambda: "held" in kubectl("-n", namespace, "logs", f"job/{holder}", timeout=30)
+          if pods_of(namespace, holder, "Running") else False, "the lock holder")  # fmt: skip
+    name = create_job(namespace, from_cronjob="train", name="train-killed")
+    # two shards finish; the third found every partial, claimed the reduce, and waits
+    until(lambda: len(pods_of(namespace, name, "Succeeded")) == SHARDS - 1,
+          "two shards done", timeout_s=600)  # fmt: skip
+    (reducer,) = pods_of(namespace, name, "Running")
+    index = reducer["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+    claim = "/var/lib/taxi-job/artifacts/partials/train-killed/REDUCER"
+    until(lambda: exec_python(namespace, holder, f"print(open({claim!r}).read())", check=False)
+          .strip() == index, "the reducer's claim")  # fmt: skip
+    kubectl("-n", namespace, "delete", "pod", reducer["metadata"]["name"], "--grace-period=0",
+            "--force")  # fmt: skip
+    replacement = until(lambda: [p for p in pods_of(namespace, name, "Running") if
+                                 p["metadata"]["name"] != reducer["metadata"]["name"]],
+                        "the index's replacement pod")  # fmt: skip
+    assert replacement[0]["metadata"]["annotations"][
+        "batch.kubernetes.io/job-completion-index"] == index
+    no_model = "import os; print(os.path.exists('/var/lib/taxi-job/artifacts/CURRENT'))"
+    assert exec_python(namespace, holder, no_model).strip() == "False"
+    exec_python(namespace, holder, "open('/var/lib/taxi-job/artifacts/release', 'w')")
+    wait_job(namespace, name)
+    wait_job(namespace, holder)
+
+    succeeded = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+                 for p in pods_of(namespace, name, "Succeeded")}  # fmt: skip
+    final = succeeded[index]
+    assert final["metadata"]["name"] != reducer["metadata"]["name"]
+    summary = json.loads(final["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert summary["reducer"] == int(index) and summary["model_version"]
+    reader = one_pod_job(train, "read-models", ["python", "-c", READ_MODELS,
+                                                "/var/lib/taxi-job/artifacts"])  # fmt: skip
+    run_job(namespace, reader, timeout_s=300)
+    (line,) = kubectl("-n", namespace, "logs", "job/read-models").strip().splitlines()[-1:]
+    published = json.loads(line)
+    assert published["versions"] == [summary["model_version"]]
+    assert published["runs"] == {"train-killed": ["PUBLISHED"]}
+
+
+def pods_of(namespace: str, job: str, phase: str) -> list[dict[str, Any]]:
+    pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", f"job-name={job}",
+                              "-o", "json"))["items"]  # fmt: skip
+    return [p for p in pods if p["status"].get("phase") == phase
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "exec", f"job/{job}", "--",
+         "python", "-c", code],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 or not check, result.stderr
+    return result.stdout
