@@ -292,6 +292,24 @@ def pod_phase(pod: V1Pod) -> str:
     return str(phase)
 
 
+#: How far a run has come. While waiting, the state shown never goes back down this order.
+_PROGRESS = {"pending": 0, "suspended": 0, "running": 1, "succeeded": 2, "failed": 2}
+
+
+def progress_state(state: str, pods: Sequence[V1Pod], shown: str | None = None) -> str:
+    """The state to show a waiting user: the Job's ``state``, but never behind its pods (a
+    pod that runs or has ended means at least ``running``: the Job controller counts an
+    ended pod a moment after the pod says so) nor behind the state ``shown`` before. A
+    suspended Job says so: someone suspended it."""
+    if state == "suspended":
+        return state
+    if _PROGRESS[state] < _PROGRESS["running"] and any(_started(p) for p in pods):
+        state = "running"
+    if shown is not None and _PROGRESS[shown] > _PROGRESS[state]:
+        return shown
+    return state
+
+
 def _started(pod: V1Pod) -> bool:
     """Whether a container has started, so its log can be read."""
     return pod.status is not None and pod.status.phase in ("Running", "Succeeded", "Failed")
@@ -392,20 +410,22 @@ def wait(
     started = clock()
     followers = _LogFollowers(core, namespace, on_log) if on_log is not None else None
     job = _read_job(batch, namespace, name)
+    shown: str | None = None
     while True:
         state = job_state(job)
         pods = list_job_pods(core, namespace, name)
         if followers is not None:
             followers.update(pods)
+        shown = progress_state(state.state, pods, shown)
         if on_progress is not None:
             pod = pod_phase(pods[-1]) if pods else None
-            on_progress(Progress(name, state.state, pod, clock() - started))
+            on_progress(Progress(name, shown, pod, clock() - started))
         if state.finished:
             break
         remaining = None if timeout is None else timeout - (clock() - started)
         if remaining is not None and remaining <= 0:
             raise WaitTimeoutError(
-                f"job {name} is still {state.state} after {timeout:g}s; it keeps running "
+                f"job {name} is still {shown} after {timeout:g}s; it keeps running "
                 f"(taxi-job runs, or kubectl -n {namespace} get job {name})"
             )
         window = tick if remaining is None else min(tick, remaining)

@@ -50,14 +50,18 @@ class JobState:
         return self.state in ("succeeded", "failed")
 
 
+#: The conditions a Job gets once its outcome is decided, while its pods still terminate
+#: (``Complete`` or ``Failed`` follow when they have).
+_DECIDED = ("SuccessCriteriaMet", "FailureTarget")
+
+
 def job_state(job: V1Job) -> JobState:
-    """The state of ``job``: a ``Complete`` or ``Failed`` condition is final."""
+    """The state of ``job``: a ``Complete`` or ``Failed`` condition is final; ``running``
+    while a pod of it runs (is ready) or has ended and is not yet counted."""
     status = job.status
-    conditions = (
-        {c.type: c for c in (status.conditions or []) if c.status == "True"}
-        if status is not None
-        else {}
-    )
+    if status is None:
+        return JobState("pending")
+    conditions = {c.type: c for c in (status.conditions or []) if c.status == "True"}
     if "Complete" in conditions:
         end = status.completion_time or conditions["Complete"].last_transition_time
         return JobState("succeeded", finished_at=end)
@@ -66,7 +70,14 @@ def job_state(job: V1Job) -> JobState:
         return JobState("failed", failed.reason, failed.message, failed.last_transition_time)
     if "Suspended" in conditions:
         return JobState("suspended")
-    if status is not None and status.active:
+    uncounted = status.uncounted_terminated_pods
+    if any(c in conditions for c in _DECIDED) or (
+        uncounted is not None and (uncounted.succeeded or uncounted.failed)
+    ):
+        return JobState("running")
+    # ``active`` counts pods not yet ended, scheduled or not; ``ready`` those that run
+    # (a server before 1.24 does not say: then an active pod counts as running).
+    if status.active and (status.ready is None or status.ready > 0):
         return JobState("running")
     return JobState("pending")
 

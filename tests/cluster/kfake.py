@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import queue
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,58 +235,82 @@ def make_pod(
 
 class FakeController:
     """Plays the Job controller and kubelet for a launched Job, through the API (so watches
-    see the changes): a pod starts, runs, and ends as told."""
+    see the changes): a pod starts, runs, and ends as told.
+
+    It takes one step at a time, and the next only once the waiter has seen the last: each
+    step gives the Job a new ``resourceVersion``, and the waiter's next watch starts from
+    the version it last read, after it listed the pods and reported. So the waiter sees
+    every state however slow the machine is: no sleeps, no timing."""
 
     def __init__(self, fake: FakeCluster, *, outcome: str = "succeeded",
                  message: str | None = None, exit_code: int = 0, reason: str | None = None,
-                 failure: str | None = None, delay: float = 0.2) -> None:
+                 failure: str | None = None, uncounted: bool = False) -> None:
         """``outcome``: ``succeeded``, ``failed``, ``hang`` (the pod runs on), or
-        ``unschedulable`` (the pod stays ``Pending``, the scheduler saying ``message``)."""
+        ``unschedulable`` (the pod stays ``Pending``, the scheduler saying ``message``).
+        ``uncounted``: the pod ends a step before the Job counts it (the Job then has no
+        active pod and no condition yet), as the real Job controller may show it."""
         self.fake, self.outcome, self.message = fake, outcome, message
-        self.exit_code, self.reason, self.failure, self.delay = exit_code, reason, failure, delay
+        self.exit_code, self.reason, self.failure = exit_code, reason, failure
+        self.uncounted = uncounted
         self.error: BaseException | None = None
+        self.watches: queue.Queue[Any] = queue.Queue()
+        self.version = 100
         self.thread = threading.Thread(target=self._run, name="fake-controller", daemon=True)
 
     def __enter__(self) -> FakeController:
+        def note(request: Any) -> None:
+            self.watches.put(request)
+            raise NotImplementedError  # kmock: "matched, nothing to answer": serve it as usual
+
+        # Every watch of a Job the code under test opens also lands in self.watches.
+        self.fake.on_loop(lambda: self.fake.handler[("get", JOBS, {"watch": "true"})] << note)
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.thread.join(20)
+        self.thread.join(30)
         if self.error is not None:
             raise self.error
 
-    def _job_name(self) -> str:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            jobs = self.fake.controller_batch.list_namespaced_job(NS).items
-            manual = [j.metadata.name for j in jobs if "-manual-" in j.metadata.name]
-            if manual:
-                return str(manual[0])
-            time.sleep(0.05)
-        raise AssertionError("no Job was created")
+    def _seen(self, version: str | None = None) -> str:
+        """Block until the waiter watches from ``version`` of the Job (from any, if None):
+        then it has read that version. Returns the Job's name."""
+        while True:
+            request = self.watches.get(timeout=30)
+            if version is None or request.params.get("resourceVersion") == version:
+                return str(request.params["fieldSelector"]).removeprefix("metadata.name=")
+
+    def _step(self, name: str, status: dict[str, Any]) -> str:
+        """A new status of the Job, under a new resourceVersion (which it returns)."""
+        self.version += 1
+        body = {"metadata": {"resourceVersion": str(self.version)}, "status": status}
+        self.fake.controller_batch.patch_namespaced_job_status(name, NS, body)
+        return str(self.version)
 
     def _run(self) -> None:
         try:
-            name = self._job_name()
-            core, batch = self.fake.controller_core, self.fake.controller_batch
+            name = self._seen()  # the waiter has seen the new Job, pending
+            core = self.fake.controller_core
             if self.outcome == "unschedulable":
                 core.create_namespaced_pod(
                     NS, make_pod(name, phase="Pending", unschedulable=self.message))
+                self._step(name, {"active": 1, "ready": 0})
                 return
             pod = make_pod(name, phase="Running")
             core.create_namespaced_pod(NS, pod)
-            running = {"active": 1, "startTime": "2025-01-05T00:00:00Z"}
-            batch.patch_namespaced_job_status(name, NS, {"status": running})
-            time.sleep(self.delay)
+            started = {"active": 1, "ready": 1, "startTime": "2025-01-05T00:00:00Z"}
+            version = self._step(name, started)
             if self.outcome == "hang":
                 return
+            self._seen(version)  # ... running
             phase = "Succeeded" if self.outcome == "succeeded" else "Failed"
             ended = make_pod(name, phase=phase, message=self.message, exit_code=self.exit_code)
             core.patch_namespaced_pod_status(pod["metadata"]["name"], NS,
                                              {"status": ended["status"]})
+            if self.uncounted:
+                self._seen(self._step(name, {"active": 0, "ready": 0}))  # ... not counted yet
             final = make_job(name, state=self.outcome, reason=self.reason, message=self.failure)
-            final["status"]["active"] = 0
-            batch.patch_namespaced_job_status(name, NS, {"status": final["status"]})
+            final["status"].update(active=0, ready=0)
+            self._step(name, final["status"])
         except BaseException as exc:  # reported in __exit__
             self.error = exc

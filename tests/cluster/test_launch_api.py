@@ -3,7 +3,9 @@ the overlap guard, waiting (with a watch that expires), and the API's refusals."
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterable
 
 import kmock
 import pytest
@@ -156,8 +158,30 @@ def test_wait_follows_the_job_to_success_with_logs(fake: FakeCluster) -> None:
     assert log.params["container"] == "train"  # not the sidecar listed first
     assert log.params["follow"] == "true"
     assert progress[0].state == "pending"
-    assert progress[-1].state == "succeeded"
-    assert "running" in {p.state for p in progress}
+    assert distinct(p.state for p in progress) == ["pending", "running", "succeeded"]
+
+
+def distinct(states: Iterable[str]) -> list[str]:
+    """``states`` without repeats in a row."""
+    return [state for state, _ in itertools.groupby(states)]
+
+
+def test_progress_never_goes_back_when_the_pod_ends_before_the_job_counts_it(
+    fake: FakeCluster,
+) -> None:
+    """The Job controller may show no active pod and no condition for a moment after the
+    pod succeeded: that is not ``pending`` again."""
+    fake.put(CRONJOBS, make_cronjob("infer"))
+    job = launcher.launch(fake.batch, NS, "infer")
+    progress: list[launcher.Progress] = []
+
+    with FakeController(fake, message="{}", uncounted=True):
+        launcher.wait(fake.batch, fake.core, NS, job.metadata.name, timeout=20,
+                      on_progress=progress.append, tick=1)
+
+    seen = [(p.state, p.pod) for p in progress]
+    assert distinct(p.state for p in progress) == ["pending", "running", "succeeded"], seen
+    assert ("running", "Succeeded") in seen
 
 
 def test_an_expired_watch_is_resumed(fake: FakeCluster) -> None:
@@ -168,7 +192,7 @@ def test_an_expired_watch_is_resumed(fake: FakeCluster) -> None:
     fake.react_first(("get", JOBS, {"watch": "true"}), gone)
     job = launcher.launch(fake.batch, NS, "train")
 
-    with FakeController(fake, message='{"model_version": "v8"}', delay=0.5):
+    with FakeController(fake, message='{"model_version": "v8"}'):
         result = launcher.wait(fake.batch, fake.core, NS, job.metadata.name, timeout=20, tick=1)
 
     assert result.state == "succeeded"
@@ -202,9 +226,10 @@ def test_a_failed_job_fails_with_its_reason(fake: FakeCluster, reason: str, sent
 def test_wait_gives_up_after_the_timeout(fake: FakeCluster) -> None:
     fake.put(CRONJOBS, make_cronjob("train"))
     job = launcher.launch(fake.batch, NS, "train")
+    fake.controller_batch.patch_namespaced_job_status(  # running, and it stays so
+        job.metadata.name, NS, {"status": {"active": 1, "ready": 1}})
 
-    with pytest.raises(launcher.WaitTimeoutError, match="still running after 1.5s") as caught, \
-            FakeController(fake, outcome="hang", delay=0):
+    with pytest.raises(launcher.WaitTimeoutError, match="still running after 1.5s") as caught:
         launcher.wait(fake.batch, fake.core, NS, job.metadata.name, timeout=1.5, tick=0.5)
     assert caught.value.exit_code == 124
 

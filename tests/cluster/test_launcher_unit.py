@@ -121,6 +121,40 @@ def test_job_state(state: str, expected: str) -> None:
     assert runs.job_state(model(make_job("j", state=state), "V1Job")).state == expected
 
 
+@pytest.mark.parametrize(("status", "expected"), [
+    ({"active": 1, "ready": 0}, "pending"),  # a pod waits to be scheduled or pulled
+    ({"active": 1, "ready": 1}, "running"),
+    ({"active": 0, "ready": 0, "uncountedTerminatedPods": {"succeeded": ["uid-1"]}}, "running"),
+    ({"active": 0, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]},
+     "running"),
+    ({"active": 0, "conditions": [{"type": "FailureTarget", "status": "True"}]}, "running"),
+    ({"active": 0, "failed": 1}, "pending"),  # waits to retry
+    ({"conditions": [{"type": "Suspended", "status": "True"}]}, "suspended"),
+])
+def test_job_state_between_the_pod_and_the_job(status: dict[str, Any], expected: str) -> None:
+    job = make_job("j", state="pending")
+    job["status"] = status
+    assert runs.job_state(model(job, "V1Job")).state == expected
+
+
+@pytest.mark.parametrize(("state", "phases", "shown", "expected"), [
+    ("pending", [], None, "pending"),
+    ("pending", ["Pending"], None, "pending"),
+    ("pending", ["Succeeded"], "running", "running"),  # ended, not counted yet
+    ("pending", ["Succeeded"], None, "running"),
+    ("pending", [], "running", "running"),
+    ("running", [], "succeeded", "succeeded"),
+    ("succeeded", ["Succeeded"], "running", "succeeded"),
+    ("suspended", ["Running"], "running", "suspended"),
+    ("pending", [], "suspended", "pending"),  # resumed
+])
+def test_progress_state_never_goes_back(
+    state: str, phases: list[str], shown: str | None, expected: str
+) -> None:
+    pods = [model(make_pod("j", phase=phase), "V1Pod") for phase in phases]
+    assert launcher.progress_state(state, pods, shown) == expected
+
+
 def test_termination_summary_tolerates_a_log_tail() -> None:
     pod = model(make_pod("train-1", message="line 1\n  File x\nValueError: bad month"), "V1Pod")
     assert runs.termination_summary(pod) == {"message": "ValueError: bad month"}
