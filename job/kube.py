@@ -28,20 +28,20 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TaxiJobError
 
 logger = logging.getLogger(__name__)
 
-# The client's API objects and models, for annotations. Typed as Any: its generated models
-# make every field optional, and the server fills the ones we read, so a None check at each
-# step would be noise; tests hand in other objects too.
-BatchV1Api = Any
-CoreV1Api = Any
-V1CronJob = Any
-V1Job = Any
-V1Pod = Any
+if TYPE_CHECKING:
+    # The client's API objects and models, for annotations only (the client ships its types);
+    # re-exported for job.launcher and job.runs.
+    from kubernetes.client import BatchV1Api as BatchV1Api
+    from kubernetes.client import CoreV1Api as CoreV1Api
+    from kubernetes.client import V1CronJob as V1CronJob
+    from kubernetes.client import V1Job as V1Job
+    from kubernetes.client import V1Pod as V1Pod
 
 #: sysexits' EX_UNAVAILABLE: the API refused what we asked for.
 EXIT_CLUSTER = 69
@@ -84,10 +84,8 @@ class ClusterUnavailableError(ClusterError):
 class Cluster:
     """The API objects of one connection, and what error messages say about it."""
 
-    batch: Any
-    """A ``kubernetes.client.BatchV1Api``."""
-    core: Any
-    """A ``kubernetes.client.CoreV1Api``."""
+    batch: BatchV1Api
+    core: CoreV1Api
     server: str
     """The API server's URL."""
     identity: str
@@ -113,10 +111,9 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
                 client_configuration=configuration,
                 persist_config=False,
             )
-            _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
             if context is None:
                 context = active["name"]
-            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
             user = next((c["context"].get("user") for c in contexts if c["name"] == context), None)
         except (config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterConfigError(f"cannot use the kubeconfig {where}: {exc}") from exc

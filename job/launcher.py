@@ -1,5 +1,6 @@
-"""Ad-hoc runs: a Job made from a CronJob's ``jobTemplate`` (as ``kubectl create job
---from=cronjob/NAME`` makes it), an overlap guard for ``train``, and waiting for the Job
+"""Ad-hoc runs: a Job made from a CronJob's ``jobTemplate`` (much as ``kubectl create job
+--from=cronjob/NAME`` makes it, but kept out of the CronJob's history and removed by its
+own TTL), an overlap guard for ``train`` (a warning for ``infer``), and waiting for the Job
 with progress, its pod's logs, and the reason it failed.
 
 The functions take the API objects (``BatchV1Api``, ``CoreV1Api``) as parameters, so tests
@@ -30,24 +31,33 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from job.envvars import envvar
 from job.errors import EXIT_TRANSIENT, BadInputError, TaxiJobError
-from job.kube import BatchV1Api, CoreV1Api, V1CronJob, V1Job, V1Pod, api_call, explain
+from job.kube import ClusterError, api_call, explain
 from job.runs import (
     INSTANTIATE_ANNOTATION,
     LAUNCHED_BY_ANNOTATION,
     TRIGGER_LABEL,
     JobState,
     command_of,
+    created_at,
     is_job_pod,
     job_state,
+    meta,
+    name_of,
     pick_container,
     pod_for_result,
     started_at,
     termination_summary,
     trigger_of,
 )
+
+if TYPE_CHECKING:
+    import urllib3
+
+    from job.kube import BatchV1Api, CoreV1Api, V1CronJob, V1Job, V1Pod
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +66,12 @@ EXIT_RUN_FAILED = 70
 #: As coreutils' ``timeout``: we stopped waiting, the Job did not stop.
 EXIT_WAIT_TIMEOUT = 124
 
-#: Commands that must not overlap: two trainings would race to publish a model.
+#: Commands that must not overlap: two trainings would race to publish a model. Others
+#: (``infer``: each input is claimed by one run) only warn.
 GUARDED = frozenset({"train"})
+#: How long a finished manual Job (and its pods, their logs and summary) stays: a week.
+DEFAULT_TTL = 7 * 24 * 3600
 
-#: The prefix of the settings a run reads from its environment (see job.cli.options).
-ENV_PREFIX = "TAXI_JOB_"
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SUFFIX = string.ascii_lowercase + string.digits
 
@@ -95,10 +106,7 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, str]:
                 f"--set {pair!r}: expected KEY=VALUE, with KEY like train-data or "
                 "TAXI_JOB_TRAIN_DATA"
             )
-        name = key.upper().replace("-", "_")
-        if not name.startswith(ENV_PREFIX):
-            name = ENV_PREFIX + name
-        settings[name] = value
+        settings[envvar(key)] = value
     return settings
 
 
@@ -117,13 +125,20 @@ def build_job(
     settings: Mapping[str, str] | None = None,
     launched_by: str | None = None,
     args: Sequence[str] | None = None,
+    ttl: int = DEFAULT_TTL,
 ) -> V1Job:
     """The Job ``kubectl create job NAME --from=cronjob/...`` would create, labelled as
     launched by hand, with ``settings`` as env of the ``taxi-job`` container (env beats
-    the ConfigMap's envFrom) and, when given, ``args`` as its arguments."""
+    the ConfigMap's envFrom) and, when given, ``args`` as its arguments; removed ``ttl``
+    seconds after it finished, and owned by the CronJob but not controlled by it (see
+    below)."""
     from kubernetes import client
 
-    template = cronjob.spec.job_template
+    template = cronjob.spec.job_template if cronjob.spec is not None else None
+    spec = copy.deepcopy(template.spec) if template is not None else None
+    pod = spec.template.spec if spec is not None else None
+    if template is None or spec is None or pod is None:
+        raise ClusterError(f'cronjobs.batch "{name_of(cronjob)}" has no jobTemplate to run')
     template_meta = template.metadata
     annotations = {INSTANTIATE_ANNOTATION: "manual"}
     annotations.update((template_meta.annotations if template_meta else None) or {})
@@ -131,11 +146,11 @@ def build_job(
         annotations[LAUNCHED_BY_ANNOTATION] = launched_by
     labels = dict((template_meta.labels if template_meta else None) or {})
     labels[TRIGGER_LABEL] = "manual"
-    spec = copy.deepcopy(template.spec)
+    spec.ttl_seconds_after_finished = ttl
     if settings:
-        _set_env(spec.template.spec.containers, settings)
+        _set_env(pod.containers, settings)
     if args is not None:
-        target = pick_container(spec.template.spec.containers)
+        target = pick_container(pod.containers)
         if target is None:
             raise BadInputError("the CronJob's pod template has no container to run")
         target.args = list(args)
@@ -144,18 +159,22 @@ def build_job(
         kind="Job",
         metadata=client.V1ObjectMeta(
             name=name,
-            namespace=cronjob.metadata.namespace,
+            namespace=meta(cronjob).namespace,
             labels=labels,
             annotations=annotations,
-            # As kubectl does: the CronJob controls it (so deleting the CronJob deletes it),
-            # without blockOwnerDeletion, which would need the finalizers permission.
+            # Owned, so deleting the CronJob deletes it (the garbage collector follows every
+            # ownerReference), but not controlled: the CronJob controller handles only the
+            # Jobs it controls, and would delete this one with its history (after the next
+            # scheduled run, for infer's successfulJobsHistoryLimit: 1), as it does the Jobs
+            # of kubectl create job --from. No blockOwnerDeletion: it needs the finalizers
+            # permission.
             owner_references=[
                 client.V1OwnerReference(
                     api_version="batch/v1",
                     kind="CronJob",
-                    name=cronjob.metadata.name,
-                    uid=cronjob.metadata.uid,
-                    controller=True,
+                    name=name_of(cronjob),
+                    uid=meta(cronjob).uid or "",
+                    controller=False,
                 )
             ],
         ),
@@ -188,7 +207,7 @@ def describe_active(jobs: Sequence[V1Job], now: dt.datetime | None = None) -> st
     for job in jobs:
         start = started_at(job)
         age = f", started {int((now - start).total_seconds() // 60)}m ago" if start else ""
-        parts.append(f"{job.metadata.name} ({trigger_of(job)}{age})")
+        parts.append(f"{name_of(job)} ({trigger_of(job)}{age})")
     return ", ".join(parts)
 
 
@@ -202,31 +221,35 @@ def launch(
     launched_by: str | None = None,
     name: str | None = None,
     args: Sequence[str] | None = None,
+    ttl: int = DEFAULT_TTL,
 ) -> V1Job:
     """Create a Job from the CronJob ``command`` (running ``args`` instead of the template's,
-    if given); refuse a guarded command (``train``) while one of its Jobs is active, unless
-    ``allow_overlap``. Returns the created Job."""
+    if given), removed ``ttl`` seconds after it finishes. While a Job of the command is
+    active, refuse a guarded command (``train``) unless ``allow_overlap``; otherwise log a
+    warning naming the active Jobs. Returns the created Job."""
     with api_call(batch, "get", "cronjobs.batch", name=command, namespace=namespace):
         cronjob = batch.read_namespaced_cron_job(command, namespace)
-    if cronjob.metadata.namespace is None:
+    if meta(cronjob).namespace is None and cronjob.metadata is not None:
         cronjob.metadata.namespace = namespace
-    if command in GUARDED and not allow_overlap:
-        active = active_runs(batch, namespace, command)
-        if active:
-            raise OverlapError(
-                f"refusing to start {command}: {describe_active(active)} still active; "
-                "wait for it to finish or pass --allow-overlap"
-            )
+    active = active_runs(batch, namespace, command)
+    if active and command in GUARDED and not allow_overlap:
+        raise OverlapError(
+            f"refusing to start {command}: {describe_active(active)} still active; "
+            "wait for it to finish or pass --allow-overlap"
+        )
+    if active:
+        logger.warning("starting %s while %s still active", command, describe_active(active))
     job = build_job(
         cronjob,
         name=name or job_name(command),
         settings=settings,
         launched_by=launched_by,
         args=args,
+        ttl=ttl,
     )
-    with api_call(batch, "create", "jobs.batch", name=job.metadata.name, namespace=namespace):
+    with api_call(batch, "create", "jobs.batch", name=name_of(job), namespace=namespace):
         created = batch.create_namespaced_job(namespace, job)
-    logger.info("created job.batch/%s in namespace %s", created.metadata.name, namespace)
+    logger.info("created job.batch/%s in namespace %s", name_of(created), namespace)
     return created
 
 
@@ -318,10 +341,7 @@ def _started(pod: V1Pod) -> bool:
 def list_job_pods(core: CoreV1Api, namespace: str, name: str) -> list[V1Pod]:
     with api_call(core, "list", "pods", namespace=namespace):
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
-    return sorted(
-        (p for p in pods or [] if is_job_pod(p, name)),
-        key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC),
-    )
+    return sorted((p for p in pods or [] if is_job_pod(p, name)), key=created_at)
 
 
 def follow_log(
@@ -333,8 +353,12 @@ def follow_log(
 ) -> None:
     """Stream the container's log to ``on_line`` until the container ends."""
     with api_call(core, "get", "pods/log", name=pod, namespace=namespace):
-        resp = core.read_namespaced_pod_log(
-            pod, namespace, container=container, follow=True, _preload_content=False
+        # Not preloaded, the client returns the HTTP response (its annotation says str).
+        resp = cast(
+            "urllib3.BaseHTTPResponse",
+            core.read_namespaced_pod_log(
+                pod, namespace, container=container, follow=True, _preload_content=False
+            ),
         )
     try:
         buffer = b""
@@ -359,7 +383,7 @@ class _LogFollowers:
 
     def update(self, pods: Iterable[V1Pod]) -> None:
         for pod in pods:
-            name = pod.metadata.name
+            name = name_of(pod)
             if name not in self.threads and _started(pod):
                 container = pick_container(pod.spec.containers if pod.spec else [])
                 thread = threading.Thread(
@@ -455,13 +479,13 @@ def _next_change(batch: BatchV1Api, namespace: str, name: str, job: V1Job, windo
         "timeout_seconds": max(1, math.ceil(window)),
         "_request_timeout": (10, window * 2 + 1),
     }
-    if job.metadata.resource_version:
-        kwargs["resource_version"] = job.metadata.resource_version
+    if meta(job).resource_version:
+        kwargs["resource_version"] = meta(job).resource_version
     watcher = watch.Watch()
     stream = watcher.stream(batch.list_namespaced_job, namespace, **kwargs)
     try:
         for event in stream:
-            obj = event["object"]
+            obj: V1Job = event["object"]
             if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
                 continue
             if obj.metadata is None or obj.metadata.name != name:
@@ -489,7 +513,7 @@ def _next_change(batch: BatchV1Api, namespace: str, name: str, job: V1Job, windo
 def _result(job: V1Job, state: JobState, pods: Sequence[V1Pod], elapsed: float) -> RunResult:
     pod = pod_for_result(pods, state.state)
     result = RunResult(
-        job=job.metadata.name,
+        job=name_of(job),
         state=state.state,
         reason=state.reason,
         message=state.message,

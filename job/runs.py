@@ -11,9 +11,14 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from job.kube import BatchV1Api, CoreV1Api, V1Job, V1Pod, api_call
+from job.kube import api_call
+
+if TYPE_CHECKING:
+    from kubernetes.client import V1ObjectMeta
+
+    from job.kube import BatchV1Api, CoreV1Api, V1CronJob, V1Job, V1Pod
 
 #: The CronJobs (and commands) whose Jobs make up the history (``models``: a suspended
 #: template that ``taxi-job launch models ...`` runs, e.g. a rollback).
@@ -82,9 +87,29 @@ def job_state(job: V1Job) -> JobState:
     return JobState("pending")
 
 
+def meta(obj: V1Job | V1Pod | V1CronJob) -> V1ObjectMeta:
+    """The metadata of ``obj``: the server sends it with every object, and the client's
+    models, generated, make every field optional."""
+    if obj.metadata is None:
+        from kubernetes import client
+
+        return client.V1ObjectMeta()
+    return obj.metadata
+
+
+def name_of(obj: V1Job | V1Pod | V1CronJob) -> str:
+    """The name of ``obj`` (the server names every object it sends)."""
+    return meta(obj).name or ""
+
+
+def created_at(obj: V1Job | V1Pod) -> dt.datetime:
+    """When ``obj`` was created, for sorting (the oldest possible time if unknown)."""
+    return meta(obj).creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 def command_of(job: V1Job) -> str | None:
     """``train`` or ``infer``: the CronJob that owns ``job`` (scheduled or launched by us)."""
-    for ref in job.metadata.owner_references or []:
+    for ref in meta(job).owner_references or []:
         if ref.kind == "CronJob" and ref.name in COMMANDS:
             return str(ref.name)
     return None
@@ -93,8 +118,8 @@ def command_of(job: V1Job) -> str | None:
 def trigger_of(job: V1Job) -> str:
     """``manual`` for a Job made by hand (by us or ``kubectl create job --from``), else
     ``scheduled``."""
-    annotations = job.metadata.annotations or {}
-    labels = job.metadata.labels or {}
+    annotations = meta(job).annotations or {}
+    labels = meta(job).labels or {}
     if annotations.get(INSTANTIATE_ANNOTATION) == "manual" or labels.get(TRIGGER_LABEL):
         return "manual"
     return "scheduled"
@@ -103,11 +128,11 @@ def trigger_of(job: V1Job) -> str:
 def started_at(job: V1Job) -> dt.datetime | None:
     """When the Job controller started ``job`` (its creation, before that)."""
     start = job.status.start_time if job.status is not None else None
-    return start or job.metadata.creation_timestamp  # type: ignore[no-any-return]
+    return start or meta(job).creation_timestamp
 
 
 def is_job_pod(pod: V1Pod, job_name: str) -> bool:
-    labels = pod.metadata.labels or {}
+    labels = meta(pod).labels or {}
     return bool(
         labels.get(JOB_NAME_LABEL) == job_name
         or labels.get("batch.kubernetes.io/job-name") == job_name
@@ -148,14 +173,12 @@ def termination_summary(pod: V1Pod) -> dict[str, Any]:
 def pod_for_result(pods: Iterable[V1Pod], state: str) -> V1Pod | None:
     """The pod whose termination message tells the run's outcome: the one that succeeded,
     else the newest."""
-    pods = sorted(
-        pods, key=lambda p: p.metadata.creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC)
-    )
+    ordered = sorted(pods, key=created_at)
     if state == "succeeded":
-        for pod in reversed(pods):
+        for pod in reversed(ordered):
             if pod.status is not None and pod.status.phase == "Succeeded":
                 return pod
-    return pods[-1] if pods else None
+    return ordered[-1] if ordered else None
 
 
 @dataclass(frozen=True)
@@ -217,10 +240,10 @@ def _run(job: V1Job, pods: Sequence[V1Pod], now: dt.datetime) -> Run:
     duration = (end - start).total_seconds() if start and end else None
     summary: dict[str, Any] = {}
     if state.finished:
-        pod = pod_for_result((p for p in pods if is_job_pod(p, job.metadata.name)), state.state)
+        pod = pod_for_result((p for p in pods if is_job_pod(p, name_of(job))), state.state)
         summary = termination_summary(pod) if pod is not None else {}
     return Run(
-        name=job.metadata.name,
+        name=name_of(job),
         command=command_of(job) or "?",
         trigger=trigger_of(job),
         state=state.state,

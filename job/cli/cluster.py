@@ -15,7 +15,10 @@ from typing import IO, Any
 
 import click
 
-from job.cli.options import ENV_PREFIX, common_options, option, render_text, reporting
+from job.cli.options import common_options, option, render_text, reporting
+from job.envvars import ENV_PREFIX, option_of
+from job.launcher import DEFAULT_TTL
+from job.runs import name_of
 
 DEFAULT_NAMESPACE = "taxi-job"
 
@@ -61,7 +64,7 @@ def settable(command: str) -> dict[str, str]:
         envvars = [param.envvar] if isinstance(param.envvar, str) else param.envvar or []
         for envvar in envvars:
             if envvar.startswith(ENV_PREFIX):
-                found[envvar] = envvar.removeprefix(ENV_PREFIX).lower().replace("_", "-")
+                found[envvar] = option_of(envvar)
     return found
 
 
@@ -72,7 +75,7 @@ def check_settings(command: str, overrides: Mapping[str, str]) -> None:
     unknown = [name for name in overrides if name not in known]
     if unknown:
         named = ", ".join(
-            f"{name.removeprefix(ENV_PREFIX).lower().replace('_', '-')} ({name})"
+            f"{option_of(name)} ({name})"
             for name in unknown
         )
         raise click.BadParameter(
@@ -181,7 +184,15 @@ def _launch_text(summary: Mapping[str, Any]) -> str:
     "--allow-overlap",
     is_flag=True,
     default=False,
-    help="Start train even while another train Job is active.",
+    help="Start train even while another train Job is active (infer only warns).",
+)
+@option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TTL,
+    show_default=True,
+    metavar="SECONDS",
+    help="Remove the Job, its pod and its log this long after it finished (a week).",
 )
 @common_options
 @reporting(text=_launch_text)
@@ -196,6 +207,7 @@ def launch(
     logs: bool,
     timeout: float | None,
     allow_overlap: bool,
+    ttl: int,
 ) -> Mapping[str, Any]:
     """Run train or infer now, as a Job made from its CronJob.
 
@@ -227,8 +239,9 @@ def launch(
         allow_overlap=allow_overlap,
         launched_by=cluster.identity,
         args=job_args,
+        ttl=ttl,
     )
-    name = job.metadata.name
+    name = name_of(job)
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}
     if job_args is not None:
         summary["args"] = job_args[1:]

@@ -9,7 +9,8 @@ import click
 
 from job import fetch as fetching
 from job import sample
-from job.cli.options import common_options, env, option, reporting
+from job.cli.options import common_options, option, reporting
+from job.envvars import envvar
 
 
 def check_month(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -65,7 +66,7 @@ month_option = option(
 @click.argument(
     "out",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar=env("out"),
+    envvar=envvar("out"),
 )
 @common_options
 @reporting
@@ -126,7 +127,7 @@ def sample_data(months: list[str], rows: int, seed: int | None, out: Path) -> di
     "directory",
     metavar="DIR",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar=env("dir"),
+    envvar=envvar("dir"),
 )
 @common_options
 @reporting

@@ -17,23 +17,18 @@ from typing import Any, TypeVar, overload
 import click
 
 from job import logs
+from job.envvars import envvar
 from job.errors import EXIT_UNEXPECTED, InputsRejectedError, TaxiJobError
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-ENV_PREFIX = "TAXI_JOB_"
-
-
-def env(name: str) -> str:
-    """The environment variable of an option: ``artifacts`` -> ``TAXI_JOB_ARTIFACTS``."""
-    return ENV_PREFIX + name.upper().replace("-", "_")
 
 
 def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
     """``click.option`` reading ``TAXI_JOB_<LONG NAME>`` from the environment, shown in --help."""
     long = next(d for d in param_decls if d.startswith("--")).split("/")[0]
-    attrs.setdefault("envvar", env(long[2:]))
+    attrs.setdefault("envvar", envvar(long[2:]))
     attrs.setdefault("show_envvar", True)
     return click.option(*param_decls, **attrs)
 

@@ -175,6 +175,37 @@ def test_launch_wait_exits_non_zero_with_the_reason(fake: FakeCluster, kubeconfi
         "the run said: no model")
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_ttl_from_the_flag_or_the_environment(
+    fake: FakeCluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    fake.put(CRONJOBS, make_cronjob("infer"))
+    if how == "env":
+        monkeypatch.setenv("TAXI_JOB_TTL", "3600")
+
+    code, out, err = run("launch", "infer", *(["--ttl", "3600"] if how == "flag" else []))
+
+    assert code == 0, err
+    [body] = fake.created_jobs()
+    assert body["spec"]["ttlSecondsAfterFinished"] == 3600
+
+
+def test_launch_infer_beside_an_active_infer_warns_in_one_line(
+    fake: FakeCluster, kubeconfig: Path
+) -> None:
+    fake.put(CRONJOBS, make_cronjob("infer"))
+    fake.put(JOBS, make_job("infer-29000001", "infer"))
+
+    code, out, err = run("launch", "infer")
+
+    assert code == 0, err
+    [body] = fake.created_jobs()
+    assert out == body["metadata"]["name"] + "\n"
+    [warning] = [line for line in err.splitlines() if "WARNING" in line]
+    assert re.search(r"WARNING +starting infer while infer-29000001 \(scheduled, started "
+                     r"\d+m ago\) still active$", warning)
+
+
 def test_launch_refuses_an_overlapping_train(fake: FakeCluster, kubeconfig: Path) -> None:
     fake.put(CRONJOBS, make_cronjob("train"))
     fake.put(JOBS, make_job("train-28979360"))

@@ -43,10 +43,12 @@ def test_launch_creates_the_job_kubectl_would(fake: FakeCluster) -> None:
             "annotations": {"cronjob.kubernetes.io/instantiate": "manual",
                             "taxi-job/docs": "docs/launcher.md",
                             "taxi-job/launched-by": "tester"},
+            # Owned (deleting the CronJob deletes it), not controlled (the CronJob
+            # controller leaves it out of its history, which it trims).
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "train",
-                                 "uid": "uid-of-cronjob", "controller": True}],
+                                 "uid": "uid-of-cronjob", "controller": False}],
         },
-        "spec": expected_spec,
+        "spec": {**expected_spec, "ttlSecondsAfterFinished": 7 * 24 * 3600},
     }
     # POSTed to the collection of the right namespace, after reading the CronJob.
     [post] = fake.requests("post", JOBS)
@@ -91,13 +93,40 @@ def test_a_manual_train_blocks_too_and_allow_overlap_overrides(fake: FakeCluster
     assert len(fake.created_jobs()) == 1
 
 
-def test_infer_is_not_guarded(fake: FakeCluster) -> None:
+def test_infer_is_not_guarded_but_warns(
+    fake: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.put(CRONJOBS, make_cronjob("infer"))
     fake.put(JOBS, make_job("infer-29000001", "infer", state="running"))
+    fake.put(JOBS, make_job("infer-manual-x", "infer", trigger="manual", state="running"))
+    fake.put(JOBS, make_job("infer-29000000", "infer", state="succeeded"))
 
     launcher.launch(fake.batch, NS, "infer")
 
     assert len(fake.created_jobs()) == 1
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert re.fullmatch(r"starting infer while infer-29000001 \(scheduled, started \d+m ago\), "
+                        r"infer-manual-x \(manual, started \d+m ago\) still active",
+                        warning.getMessage())
+
+
+def test_a_lone_infer_does_not_warn(fake: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+    fake.put(CRONJOBS, make_cronjob("infer"))
+    fake.put(JOBS, make_job("infer-29000000", "infer", state="succeeded"))
+
+    launcher.launch(fake.batch, NS, "infer")
+
+    assert len(fake.created_jobs()) == 1
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_the_ttl_is_the_jobs(fake: FakeCluster) -> None:
+    fake.put(CRONJOBS, make_cronjob("infer"))
+
+    launcher.launch(fake.batch, NS, "infer", ttl=600)
+
+    [body] = fake.created_jobs()
+    assert body["spec"]["ttlSecondsAfterFinished"] == 600
 
 
 def test_a_missing_cronjob_says_to_apply_the_manifests(fake: FakeCluster) -> None:

@@ -70,7 +70,8 @@ def test_build_job_is_typed_and_leaves_the_template_alone() -> None:
     [owner] = job.metadata.owner_references
     assert isinstance(owner, client.V1OwnerReference)
     assert (owner.kind, owner.name, owner.uid, owner.controller, owner.block_owner_deletion) \
-        == ("CronJob", "train", "uid-of-cronjob", True, None)
+        == ("CronJob", "train", "uid-of-cronjob", False, None)
+    assert job.spec.ttl_seconds_after_finished == 7 * 24 * 3600
     assert job.metadata.annotations["cronjob.kubernetes.io/instantiate"] == "manual"
     assert job.metadata.labels["taxi-job/trigger"] == "manual"
     env = job.spec.template.spec.containers[0].env
