@@ -191,7 +191,8 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
     done = shards.published(folder)
     if done is not None:
         logger.info("run %s published %s already; nothing to do", config.run_id, done)
-        shards.remove_partials(folder)
+        with volume.writing("partial statistics"):  # a late duplicate's, if any
+            shards.remove_partials(folder)
         return {**identity, "published_already": done.get("model_version"), "seconds": 0.0}
 
     the_plan = plan(config)
