@@ -1,6 +1,7 @@
 """components/scale-out on a real cluster: the Indexed training Job of 3 shards completes,
 publishes one model, and that model predicts what a one-pod training's predicts, to 1e-9;
-a reducing pod deleted mid-reduce is replaced by the Job, and the replacement publishes.
+a reducing pod deleted mid-reduce is replaced by the Job, and the replacement publishes;
+the backlog's 3 inference shards predict each file once.
 
 Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
 image the cluster's node has (k8s-local: ``load-image``). Everything happens in a
@@ -290,3 +291,47 @@ def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> s
     )  # fmt: skip
     assert result.returncode == 0 or not check, result.stderr
     return result.stdout
+
+
+LIST_PREDICTIONS = """
+import json, os
+import pyarrow.parquet as pq
+out = "/var/lib/taxi-job/artifacts/predictions"
+print(json.dumps({n: pq.read_metadata(os.path.join(out, n)).num_rows
+                  for n in sorted(os.listdir(out)) if n.endswith(".parquet")}))
+"""
+
+
+def test_the_backlog_job_predicts_each_file_once_across_its_shards(namespace: str) -> None:
+    """The infer-backlog template, made an Indexed Job by the component: each of its 3 pods
+    predicts the backlog files whose name hashes to its index, together all of them."""
+    from job import shards
+
+    run_job(namespace, from_cronjob="seed-sample-data", name="seed")
+    run_job(namespace, from_cronjob="train", name="train-1")
+    train = json.loads(kubectl("-n", namespace, "get", "cronjob", "train", "-o", "json"))
+    months = [f"2021-{m:02d}" for m in range(4, 10)]
+    writer = one_pod_job(train, "backlog-data", [
+        "taxi-job", "sample-data", "--months", f"{months[0]}..{months[-1]}", "--rows", "3000",
+        "/var/lib/taxi-job/data/backlog"])  # fmt: skip
+    run_job(namespace, writer, timeout_s=300)
+    run_job(namespace, from_cronjob="infer-backlog", name="backlog-1")
+
+    names = [f"yellow_tripdata_{m}.parquet" for m in months]
+    predicted: dict[int, list[str]] = {}
+    for pod in json.loads(kubectl("-n", namespace, "get", "pods", "-l", "job-name=backlog-1",
+                                  "-o", "json"))["items"]:  # fmt: skip
+        if pod["status"]["phase"] != "Succeeded":
+            continue
+        index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        summary = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]
+                             ["message"])  # fmt: skip
+        predicted[index] = sorted(Path(p).name for p in summary["outputs"])
+    assert sorted(predicted) == [0, 1, 2]
+    for index, mine in predicted.items():
+        assert mine == [n for n in names if shards.owner(n, SHARDS) == index]
+    reader = one_pod_job(train, "list-predictions", ["python", "-c", LIST_PREDICTIONS])
+    run_job(namespace, reader, timeout_s=300)
+    listed = json.loads(kubectl("-n", namespace, "logs", "job/list-predictions")
+                        .strip().splitlines()[-1])  # fmt: skip
+    assert {n: listed[n] for n in names} == dict.fromkeys(names, 3000)
