@@ -63,12 +63,17 @@ def test_launch_wait_and_runs(cluster: tuple[kube.Cluster, str]) -> None:
     script = f"echo hello; echo '{SUMMARY}' > /dev/termination-log"
     connected.batch.create_namespaced_cron_job(ns, cronjob(ns, script))
     lines: list[str] = []
+    progress: list[launcher.Progress] = []
 
     job = launcher.launch(connected.batch, ns, "infer", settings={"TAXI_JOB_INPUT": "x"})
     result = launcher.wait(connected.batch, connected.core, ns, job.metadata.name,
-                           timeout=240, on_log=lines.append)
+                           timeout=240, on_log=lines.append, on_progress=progress.append)
 
     assert result.state == "succeeded"
+    # Forward only, though the pod ends a moment before the Job controller counts it.
+    order = ["pending", "running", "succeeded"]
+    states = [p.state for p in progress]
+    assert states == sorted(states, key=order.index), [(p.state, p.pod) for p in progress]
     assert result.summary["rows_predicted"] == 5
     assert "hello" in lines
     [run] = list_runs(connected.batch, connected.core, ns)
