@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job import artifacts, reading, shards, volume
+from job import artifacts, reading, registry, shards, volume
 from job.errors import BadInputError
 from job.model import PairAccumulator
 from job.pipeline import (
@@ -237,6 +237,9 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
             logger.warning(
                 "run %s published %s already; not publishing again", config.run_id, version
             )
+            # A reducer killed between writing the version and switching CURRENT left
+            # a model that passed its gate but serves nothing: finish the switch.
+            registry.finish_interrupted(config.artifacts, version)
             summary = {**summary, "published_already": version}
         with volume.writing("partial statistics"):
             shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})

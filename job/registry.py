@@ -368,6 +368,35 @@ def prune(root: Path, keep: int, lock_timeout: float = 0.0) -> dict[str, Any]:
 # -- the gate, for train ------------------------------------------------------------------
 
 
+def finish_interrupted(root: Path, version: str) -> dict[str, Any] | None:
+    """Make ``version`` current if its training was killed after writing it and before
+    switching ``CURRENT`` (a sharded run's retried reducer finds it by its run id): only
+    when its gate promoted it and the champion it beat is still current, so that a
+    training or promotion made since then is not undone. Return the history entry, or
+    None. Call it while holding the training lock."""
+    try:
+        artifact = artifacts.load(root, version)
+    except ModelUnavailableError as exc:
+        logger.warning("cannot finish publishing %s: %s", version, exc)
+        return None
+    gate = artifact.metadata.get("gate") or {}
+    current = _current_or_none(root)
+    if not gate.get("promoted") or current == version or current != gate.get("champion_version"):
+        return None
+    logger.warning("%s passed its gate; its training was killed before making it current", version)
+    return make_current(
+        root,
+        version,
+        cause="train",
+        reason=f"{gate.get('reason')} (finished by a retry of the interrupted training)",
+        by=who(),
+        scores={
+            "rmse_eval": _rmse_eval(artifact),
+            "rmse_eval_previous": gate.get("rmse_eval_champion"),
+        },
+    )
+
+
 def champion(root: Path) -> artifacts.Artifact | None:
     """The current model, or None when there is none or it fails verification (then the
     challenger is promoted: a fresh training is the cure for a damaged current model)."""

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from trips import trips_table
 
-from job import artifacts, mapreduce, shards
+from job import artifacts, mapreduce, registry, shards
 from job.cli import cli
 from job.errors import EXIT_BAD_INPUT
 from job.pipeline import TrainConfig
@@ -185,6 +185,41 @@ def test_a_reducer_that_dies_after_publishing_does_not_publish_twice(
     assert again["published_already"] == version
     assert artifacts.versions(out) == [version]
     assert sorted(p.name for p in (out / "partials" / "run-1").iterdir()) == ["PUBLISHED"]
+
+
+@pytest.mark.parametrize("meanwhile", [None, "promote"])
+def test_a_reducer_killed_between_the_version_and_current_is_finished_by_its_retry(
+    year, tmp_path, monkeypatch, meanwhile
+):
+    """Killed after writing a version that passed the gate, before CURRENT: the retry
+    finds the version by its run id and makes it current, unless another version was
+    made current meanwhile (then that one stays)."""
+    train, evaluation = year
+    out = tmp_path / "a"
+    previous = one_process(train, evaluation, out)["model_version"]
+    summary(shard(train, evaluation, out, 0, 2))
+
+    def die(*args, **kwargs):
+        raise SystemExit(137)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(registry, "make_current", die)
+        assert shard(train, evaluation, out, 1, 2).exit_code == 137
+    (version,) = set(artifacts.versions(out)) - {previous}
+    assert artifacts.current_version(out) == previous
+    expected = version
+    if meanwhile:
+        other = one_process(train, evaluation, tmp_path / "other")["model_version"]
+        (out / "models" / other).mkdir()
+        for name in ("model.json", "SHA256SUMS"):
+            (out / "models" / other / name).write_bytes(
+                (tmp_path / "other" / "models" / other / name).read_bytes())
+        registry.promote(out, other, reason="meanwhile")
+        expected = other
+    again = summary(shard(train, evaluation, out, 1, 2))  # the Job retries index 1
+    assert again["published_already"] == version
+    assert artifacts.current_version(out) == expected
+    assert registry.read_history(out)[-1]["version"] == expected
 
 
 def test_a_killed_reducer_leaves_the_previous_model_and_its_retry_completes(year, tmp_path):
