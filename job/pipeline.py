@@ -509,6 +509,10 @@ def _infer_one(
             else:
                 logger.info("predicted %s", source.uri, extra={"rows": rows})
                 return Outcome("predicted", rows)
+        if not os.path.lexists(source.path):
+            # Another run set it aside (or a person removed it) after our first look.
+            logger.info("%s: gone from the queue; nothing to do", source.uri)
+            return Outcome("busy")
         return Outcome("rejected", rejected=_reject(source, problem, artifact.version))
     finally:
         volume.release(claim)

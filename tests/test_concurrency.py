@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from job import artifacts, pipeline, volume
+from job.errors import InputsRejectedError
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 ROUNDS = 20
@@ -301,3 +302,28 @@ def test_a_publish_that_fails_leaves_no_temporary_and_no_claim(one_model):
     assert f"{predictions / 'b.parquet'}: cannot write predictions: Is a directory" in last
     assert sorted(p.name for p in predictions.iterdir()) == ["a.parquet", "b.parquet"]
     assert pq.read_table(predictions / "a.parquet").num_rows == 500  # done before: kept
+
+
+def test_a_bad_input_another_run_set_aside_after_our_first_look_is_not_reported_again(
+    one_model, monkeypatch
+):
+    """Both runs found the corrupt file; the other took the claim first, moved it into
+    rejected/ and released it: this run does not report it (it is not "left in place")."""
+    root, incoming = one_model
+    (incoming / "bad.parquet").write_bytes(b"not parquet")
+    claim = volume.try_claim
+    others: list[str] = []
+
+    def the_other_run_first(target, *args, **kwargs):
+        if target.name == "bad.parquet" and not others:
+            others.append("running")
+            with pytest.raises(InputsRejectedError):
+                pipeline.infer(pipeline.InferConfig(str(incoming), root))
+        return claim(target, *args, **kwargs)
+
+    monkeypatch.setattr(volume, "try_claim", the_other_run_first)
+    summary = pipeline.infer(pipeline.InferConfig(str(incoming), root))
+    assert (summary["inputs_rejected"], summary["inputs_busy"]) == (0, 1)
+    assert sorted(p.name for p in (incoming.parent / "rejected").iterdir()) == [
+        "bad.parquet", "bad.parquet.json"
+    ]  # fmt: skip
