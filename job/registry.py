@@ -27,7 +27,6 @@ import shutil
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +81,6 @@ def who() -> str:
     except (KeyError, OSError):
         user = f"uid {os.getuid()}"
     return f"{user}@{socket.gethostname()}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- the history --------------------------------------------------------------------------
@@ -145,7 +140,7 @@ def make_current(
     previous = _current_or_none(root)
     artifacts.set_current(root, version)
     entry = {
-        "time": _now(),
+        "time": volume.now_utc(),
         "version": version,
         "previous_version": previous,
         "cause": cause,
