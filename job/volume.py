@@ -71,8 +71,9 @@ def fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def writing(what: str, where: Path | None = None) -> Iterator[None]:
     """Turn a failure to write to the shared volume into one clear error: permission
-    denied is a deployment problem (exit 2: a retry cannot help, check the pod's fsGroup
-    and the claim), anything else (a full or failing volume) may pass (exit 75).
+    denied, a path through a file or a read-only mount are deployment problems (exit 2:
+    a retry cannot help, check the path, the pod's fsGroup and the claim), anything else
+    (a full or failing volume) may pass (exit 75).
 
     The error names the file (a rename's target), or the folder when the file was one of
     our temporaries; ``where`` when the error names no file (arrow's do not)."""
@@ -84,9 +85,18 @@ def writing(what: str, where: Path | None = None) -> Iterator[None]:
             "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
         ) from exc
     except OSError as exc:
+        if exc.errno in _NEVER_PASSES:
+            raise BadInputError(
+                f"{_where(exc, where)}cannot write {what}: {exc.strerror} "
+                "(a wrong path, or a volume mounted read-only: a retry cannot help)"
+            ) from exc
         raise TransientError(
             f"{_where(exc, where)}cannot write {what}: {exc.strerror or exc}"
         ) from exc
+
+
+#: Write errors of the path or the mount, not of the moment: exit 2 like permission denied.
+_NEVER_PASSES = (errno.ENOTDIR, errno.EROFS)
 
 
 def _where(exc: OSError, where: Path | None) -> str:

@@ -131,6 +131,42 @@ def test_sample_data_on_a_full_volume_is_transient(tmp_path):
     assert last.endswith("No space left on device")
 
 
+def test_a_path_through_a_file_is_a_usage_error_not_a_retry(tmp_path, make_trips):
+    data = make_trips("m.parquet", rows=500)
+    (tmp_path / "volume").write_text("a file where the volume's folder should be")
+    artifacts = tmp_path / "volume" / "artifacts"
+    result = subprocess.run(
+        [TAXI_JOB, "train", "--train-data", str(data), "--eval-data", str(data),
+         "--artifacts", str(artifacts)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taxi-job: error: {artifacts}: cannot write the training lock: ")
+    assert "a retry cannot help" in last
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root to mount a tmpfs"
+)
+def test_sample_data_on_a_read_only_volume_is_a_usage_error(tmp_path):
+    """A real read-only mount (a claim mounted readOnly): a retry cannot help, exit 2."""
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c",
+         'mount -t tmpfs -o ro,size=64k tmpfs "$1" && exec "$0" sample-data --month 2021-01 '
+         '--rows 100 "$1"', TAXI_JOB, str(mounted)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if "mount:" in result.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taxi-job: error: {mounted}: cannot write synthetic trips: ")
+    assert "Read-only file system" in last
+
+
 def test_the_termination_message_stays_valid_json_with_many_outputs():
     outputs = [
         f"/var/lib/taxi-job/artifacts/predictions/yellow_tripdata_20{i:04d}.parquet"
