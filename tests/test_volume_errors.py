@@ -110,21 +110,31 @@ def test_fetch_into_a_folder_the_user_cannot_write(shared, tmp_path):
     assert os.listdir(shared) == []
 
 
-@pytest.mark.skipif(
+needs_unshare = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root to mount a tmpfs"
 )
-def test_sample_data_on_a_full_volume_is_transient(tmp_path):
-    """A real full filesystem: a 64 KiB tmpfs, mounted in a mount namespace of its own."""
-    full = tmp_path / "full"
-    full.mkdir()
+
+
+def sample_data_on_a_tmpfs(folder: Path, mount_options: str, rows: int):
+    """``sample-data`` into a real tmpfs mounted on ``folder`` in a mount namespace of its
+    own; skips where a tmpfs cannot be mounted."""
+    folder.mkdir()
     result = subprocess.run(
         ["unshare", "--mount", "sh", "-c",
-         'mount -t tmpfs -o size=64k tmpfs "$1" && exec "$0" sample-data --month 2021-01 '
-         '--rows 20000 "$1"', TAXI_JOB, str(full)],
+         f'mount -t tmpfs -o {mount_options} tmpfs "$1" && exec "$0" sample-data '
+         f'--month 2021-01 --rows {rows} "$1"', TAXI_JOB, str(folder)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if "mount:" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    return result
+
+
+@needs_unshare
+def test_sample_data_on_a_full_volume_is_transient(tmp_path):
+    """A real full filesystem: a 64 KiB tmpfs."""
+    full = tmp_path / "full"
+    result = sample_data_on_a_tmpfs(full, "size=64k", 20000)
     assert result.returncode == EXIT_TRANSIENT, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"taxi-job: error: {full}: cannot write synthetic trips: ")
@@ -146,21 +156,11 @@ def test_a_path_through_a_file_is_a_usage_error_not_a_retry(tmp_path, make_trips
     assert "a retry cannot help" in last
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root to mount a tmpfs"
-)
+@needs_unshare
 def test_sample_data_on_a_read_only_volume_is_a_usage_error(tmp_path):
     """A real read-only mount (a claim mounted readOnly): a retry cannot help, exit 2."""
     mounted = tmp_path / "ro"
-    mounted.mkdir()
-    result = subprocess.run(
-        ["unshare", "--mount", "sh", "-c",
-         'mount -t tmpfs -o ro,size=64k tmpfs "$1" && exec "$0" sample-data --month 2021-01 '
-         '--rows 100 "$1"', TAXI_JOB, str(mounted)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if "mount:" in result.stderr:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    result = sample_data_on_a_tmpfs(mounted, "ro,size=64k", 100)
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"taxi-job: error: {mounted}: cannot write synthetic trips: ")
