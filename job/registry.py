@@ -179,7 +179,8 @@ def check_version(root: Path, version: str) -> str:
         hint = f"newest: {known[-1]}" if known else "there is none yet"
         raise BadInputError(
             f"{root / artifacts.MODELS}: no model version {version!r} "
-            f"({hint}; `taxi-job models list` shows them all)"
+            f"({hint}; `taxi-job models list`, on a cluster `taxi-job launch models list`, "
+            "shows them all)"
         )
     return version
 
