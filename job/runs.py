@@ -254,6 +254,11 @@ def _run(job: V1Job, pods: Sequence[V1Pod], now: dt.datetime) -> Run:
     )
 
 
+def _count(value: Any, noun: str) -> str:
+    """``1 input``, ``2 inputs``."""
+    return f"{value} {noun}" if value == 1 else f"{value} {noun}s"
+
+
 def _num(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
@@ -280,7 +285,8 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
     if command == "infer" and summary.get("waiting_for_model"):
         return "no model yet: waiting for the first training"
     if command == "infer" and "inputs_predicted" in summary:
-        text = f"{summary['inputs_predicted']} inputs, {summary.get('rows_predicted', '?')} rows"
+        text = _count(summary["inputs_predicted"], "input")
+        text += f", {_count(summary.get('rows_predicted', '?'), 'row')}"
         for key in ("skipped", "busy"):
             if summary.get(f"inputs_{key}"):
                 text += f", {summary[f'inputs_{key}']} {key}"
@@ -312,9 +318,9 @@ def _describe_models(summary: Mapping[str, Any]) -> str:
         versions = summary["versions"]
         now = next((v.get("version") for v in versions if v.get("status") == "current"), None)
         count = len(versions) + int(summary.get("versions_omitted") or 0)
-        return f"{count} versions, current {now}"
+        return f"{_count(count, 'version')}, current {now}"
     if "pruned" in summary:
-        return f"pruned {len(summary['pruned'])} versions"
+        return f"pruned {_count(len(summary['pruned']), 'version')}"
     return json.dumps(summary, default=str)[:120]
 
 

@@ -165,6 +165,18 @@ def test_termination_summary_tolerates_a_log_tail() -> None:
     assert runs.termination_summary(model(make_pod("train-1"), "V1Pod")) == {}
 
 
+@pytest.mark.parametrize(("command", "summary", "text"), [
+    ("infer", {"inputs_predicted": 1, "rows_predicted": 1, "model_version": "v"},
+     "1 input, 1 row (model v)"),
+    ("infer", {"inputs_predicted": 2, "rows_predicted": 0, "inputs_skipped": 1},
+     "2 inputs, 0 rows, 1 skipped"),
+    ("models", {"versions": [{"version": "v", "status": "current"}]}, "1 version, current v"),
+    ("models", {"pruned": ["a", "b"], "kept": ["c"]}, "pruned 2 versions"),
+])  # fmt: skip
+def test_run_summaries_count_in_words(command: str, summary: dict[str, Any], text: str) -> None:
+    assert runs.describe_summary(command, summary) == text
+
+
 @pytest.mark.parametrize(("seconds", "text"), [
     (None, "-"), (4.4, "4s"), (125, "2m05s"), (7322, "2h02m"),
 ])
