@@ -254,7 +254,7 @@ def finish(
     model = fit(training.stats)
     metrics = score(model, training, evaluation)
     metadata = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": volume.now_utc(),
         "package_version": __version__,
         "python": platform.python_version(),
         "min_duration": config.min_duration,
