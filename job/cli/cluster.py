@@ -297,6 +297,8 @@ def _log_sink(
 def _runs_text(summary: Mapping[str, Any]) -> str:
     from job.runs import render_table
 
+    if not summary["runs"]:  # a namespace with a typo has no runs either: name it
+        return f"no runs in namespace {summary['namespace']}"
     return render_table(summary["runs"])
 
 

@@ -372,7 +372,7 @@ def test_runs_json_and_limit(history: FakeCluster, kubeconfig: Path) -> None:
 def test_runs_empty(fake: FakeCluster, kubeconfig: Path) -> None:
     code, out, err = run("runs")
 
-    assert (code, out) == (0, "no runs\n")
+    assert (code, out) == (0, "no runs in namespace taxi-job\n")
 
 
 def test_the_cli_does_not_import_kubernetes_until_a_cluster_command_runs() -> None:
