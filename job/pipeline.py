@@ -203,6 +203,8 @@ def check_options(config: TrainConfig) -> None:
         raise BadInputError(
             f"--promotion-tolerance {config.promotion_tolerance}: must be a finite number >= 0"
         )
+    if config.keep_versions < 1:  # checked before the training: prune runs after publishing
+        raise BadInputError(f"--keep-versions {config.keep_versions}: must keep at least 1")
     if config.promote not in registry.POLICIES:
         raise BadInputError(
             f"--promote {config.promote}: must be one of {', '.join(registry.POLICIES)}"

@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 from trips import random_trips
 
-from job import artifacts, registry
+from job import artifacts, pipeline, registry
 from job.cli import cli
+from job.errors import BadInputError
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 
@@ -138,6 +139,16 @@ def test_promote_never_publishes_a_candidate(months, store):
     assert second["promoted"] is False and current(store) == first["model_version"]
     statuses = {v["version"]: v["status"] for v in models(store, "list")}
     assert statuses[second["model_version"]] == "candidate"
+
+
+def test_a_retention_of_no_version_is_refused_before_anything_is_published(months, store):
+    """The command line refuses it in click; a caller of the domain function too, and
+    before the training (prune runs after publishing: too late to fail then)."""
+    jan, feb, _, _ = months
+    config = pipeline.TrainConfig(str(jan), str(feb), store, keep_versions=0)
+    with pytest.raises(BadInputError, match="--keep-versions 0"):
+        pipeline.train(config)
+    assert artifacts.versions(store) == []
 
 
 def test_the_champion_rmse_is_the_champions_error_on_the_evaluation_rows(months, store):
