@@ -3,6 +3,7 @@ so every one of them is pid 1, like a container's main process."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -327,3 +328,38 @@ def test_a_bad_input_another_run_set_aside_after_our_first_look_is_not_reported_
     assert sorted(p.name for p in (incoming.parent / "rejected").iterdir()) == [
         "bad.parquet", "bad.parquet.json"
     ]  # fmt: skip
+
+
+@needs_pid_namespaces
+def test_sigterm_stops_a_run_that_is_pid_1(tmp_path, make_trips):
+    """In a container taxi-job is pid 1, for which the kernel drops a signal with no
+    handler: a deleted pod would run on for its grace period, then die uncleanly. Here a
+    training waits for the lock (held by this test) and gets SIGTERM: it stops at once."""
+    import fcntl
+
+    data = make_trips("m.parquet", rows=500)
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    lock = os.open(root / artifacts.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        process = as_pid_1("train", "--train-data", str(data), "--eval-data", str(data),
+                           "--artifacts", str(root), "--lock-timeout", "600")  # fmt: skip
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        wait_for(lambda: children.read_text().strip() != "", "the pid-1 process")
+        pid = int(children.read_text().split()[0])
+
+        def waits_for_the_lock() -> bool:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError):  # an fd closed meanwhile
+                    if os.readlink(fd) == str(root / artifacts.LOCK_FILE):
+                        return True
+            return False
+
+        wait_for(waits_for_the_lock, "the training to wait for the lock")
+        os.kill(pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=60)  # the lock is still held: only the signal ends it
+    finally:
+        os.close(lock)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "taxi-job: stopped by SIGTERM"

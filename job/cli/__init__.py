@@ -6,7 +6,9 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 from typing import NoReturn
 
 import click
@@ -65,6 +67,11 @@ def main() -> NoReturn:
     # starting OpenBLAS's thread pool when numpy loads costs ~40 ms, every minute for
     # `infer`. A value set by the user wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # In a container this process is pid 1, for which the kernel ignores a signal that has
+    # no handler: without one, a pod being deleted (kubectl delete, a drain, the Job's
+    # deadline) runs on for its grace period and is killed without cleaning up its
+    # temporaries and claims. With it, SIGTERM unwinds the command like an error would.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli(prog_name="taxi-job")
         code = 0
@@ -78,3 +85,9 @@ def main() -> NoReturn:
         with contextlib.suppress(OSError):  # a reader that left early (| head): nothing to do
             stream.flush()
     os._exit(code)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    print(f"taxi-job: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum)
