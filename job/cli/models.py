@@ -14,14 +14,13 @@ from typing import Any
 import click
 
 from job import registry
-from job.cli.options import artifacts_option, common_options, option, render_text, reporting
-
-lock_timeout_option = option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds to wait when a training or another promotion holds the lock.",
+from job.cli.options import (
+    artifacts_option,
+    common_options,
+    lock_timeout_option,
+    option,
+    render_text,
+    reporting,
 )
 
 

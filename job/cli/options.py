@@ -41,6 +41,15 @@ artifacts_option = option(
     help="Artifacts folder: model versions, CURRENT, predictions.",
 )
 
+#: The training lock guards every change of the model store: train, models promote, prune.
+lock_timeout_option = option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait when a training or a promotion holds the lock.",
+)
+
 
 def common_options(func: F) -> F:
     """Logging, output format and termination-log options, for every command."""

@@ -7,8 +7,14 @@ from typing import Any
 
 import click
 
-from job import mapreduce, pipeline
-from job.cli.options import artifacts_option, common_options, option, reporting
+from job import mapreduce, pipeline, registry
+from job.cli.options import (
+    artifacts_option,
+    common_options,
+    lock_timeout_option,
+    option,
+    reporting,
+)
 
 shards_option = option(
     "--shards",
@@ -54,16 +60,10 @@ shard_index_option = option(
     show_default=True,
     help="Longest trip kept, minutes (inclusive).",
 )
-@option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds to wait when another training holds the lock.",
-)
+@lock_timeout_option
 @option(
     "--promote",
-    type=click.Choice(["gate", "always", "never"]),
+    type=click.Choice(registry.POLICIES),
     default="gate",
     show_default=True,
     help="gate: make the new model current only if its evaluation RMSE is within the "
