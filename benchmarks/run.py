@@ -374,6 +374,22 @@ def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def print_context(
+    script: str, argv: list[str] | None, ctx: list[tuple[str, str]], markdown: bool
+) -> str:
+    """Print the command that ran and the machine's context, as a list or aligned lines;
+    return the command."""
+    command = f"python {script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    if markdown:
+        print(f"Command: `{command.strip()}`\n")
+        print("\n".join(f"- {k}: {v}" for k, v in ctx))
+    else:
+        width = max(len(k) for k, _ in ctx)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in ctx))
+    print()
+    return command
+
+
 def render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = [
@@ -430,14 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.append(("benchmark took", f"{time.time() - started:.0f} s"))
 
     header, rows = table(results, args.repeat)
-    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.markdown:
-        print(f"Command: `{command.strip()}`\n")
-        print("\n".join(f"- {k}: {v}" for k, v in ctx))
-    else:
-        width = max(len(k) for k, _ in ctx)
-        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in ctx))
-    print()
+    command = print_context("benchmarks/run.py", argv, ctx, args.markdown)
     print(render(header, rows, args.markdown))
     print()
     for s in results:

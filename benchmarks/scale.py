@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from run import HERE, TAXI_JOB, Run, context, log, measure, render, verdict
+from run import HERE, TAXI_JOB, Run, context, log, measure, print_context, render, verdict
 
 #: Rows of the TLC's yellow-taxi files of 2021 (the training year) and of 2022-01 (the
 #: evaluation month after it): about 31 million rows in all.
@@ -186,14 +186,7 @@ def main(argv: list[str] | None = None) -> int:
          f"≤ 1e-9 {verdict(diff <= 1e-9)}"],
         ["RMSE eval, one process / sharded", f"{rmse[0]:.9f} / {rmse[1]:.9f}", ""],
     ]  # fmt: skip
-    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.markdown:
-        print(f"Command: `{command.strip()}`\n")
-        print("\n".join(f"- {k}: {v}" for k, v in ctx))
-    else:
-        width = max(len(k) for k, _ in ctx)
-        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in ctx))
-    print()
+    command = print_context("benchmarks/scale.py", argv, ctx, args.markdown)
     print(render(["", "measured", "target"], table, args.markdown))
     print()
     samples = ", ".join(f"{r.seconds:.2f}" for r in single)
