@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The demo's folder and size: three synthetic months (train, eval, incoming).
 DEMO ?= local/demo
 ROWS ?= 300000
+# More pytest arguments, e.g. PYTEST_ARGS="-m cluster" for the cluster suite alone.
+PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench bench-scale clean-demo
 
@@ -28,7 +30,7 @@ demo: install
 	@echo "Artifacts in $(DEMO)/artifacts; predictions in $(DEMO)/artifacts/predictions"
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check job tests benchmarks

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The first run on any cluster whose nodes have the image: apply the kustomization,
 # put sample data on the volume, train once, predict once. kind.sh and minikube.sh call
-# it; on a real cluster, push the image and `kustomize edit set image` first.
+# it, and so does the cluster suite (tests/cluster/test_e2e.py) on every CI run. On a real
+# cluster, push the image and `kustomize edit set image` first.
 #
-#   scripts/first-run.sh        (kubectl's current context)
+#   scripts/first-run.sh [DIR]   (kubectl's current context; DIR: the kustomization, default
+#                                 this repository's; TAXI_JOB_NAMESPACE: the namespace it
+#                                 puts everything in, default taxi-job)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ns=taxi-job
+kustomization=${1:-.}
+ns=${TAXI_JOB_NAMESPACE:-taxi-job}
 run=$(date +%Y%m%d%H%M%S)
 
 # Wait until the Job completes (return 0), fails or is not done after $2 seconds (return
@@ -15,7 +19,7 @@ run=$(date +%Y%m%d%H%M%S)
 # so a failed run would hang here for the whole timeout. Since Kubernetes 1.31 the final
 # condition follows SuccessCriteriaMet or FailureTarget: only Complete or Failed ends it.
 wait_job() {
-    local job=$1 timeout=$2 deadline conditions
+    local job=$1 timeout=$2 deadline conditions refused
     deadline=$((SECONDS + timeout))
     while true; do
         conditions=$(kubectl -n "$ns" get "job/$job" \
@@ -24,6 +28,18 @@ wait_job() {
             *" Complete "*) return 0 ;;
             *" Failed "*) echo "job/$job failed" >&2; return 1 ;;
         esac
+        # A pod the namespace's Pod Security level refuses is never created, and a retry
+        # cannot change that: stop at the Job controller's event instead of waiting out the
+        # timeout. (Not every FailedCreate: "serviceaccount not found" in a namespace just
+        # made passes in a moment.)
+        refused=$(kubectl -n "$ns" get events --field-selector \
+            "involvedObject.kind=Job,involvedObject.name=$job,reason=FailedCreate" \
+            -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' \
+            | grep -m 1 'violates PodSecurity') || refused=""
+        if [ -n "$refused" ]; then
+            echo "job/$job cannot create its pod: $refused" >&2
+            return 1
+        fi
         if ((SECONDS >= deadline)); then
             echo "job/$job did not finish within ${timeout}s" >&2
             return 1
@@ -46,7 +62,7 @@ run_job() {
         -o jsonpath='{range .items[*].status.containerStatuses[*]}{.name}: {.state.terminated.message}{"\n"}{end}'
 }
 
-kubectl apply -k .
+kubectl apply -k "$kustomization"
 run_job seed-sample-data 600
 run_job train 1800
 run_job infer 600

@@ -4,6 +4,7 @@ docker and minikube that record their arguments, and check what they would do.""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Callable
@@ -138,3 +139,98 @@ def test_minikube_builds_the_image_the_manifests_name(
     (build,) = [c for c in calls if c[:3] == ["minikube", "image", "build"]]
     assert build[build.index("-t") + 1] == kustomize_image()
     assert started_jobs(calls) == ["seed-sample-data", "train", "infer"]
+
+
+# .ci/run, in a copy of the repository beside a stand-in ../shared/k8s-local: every step a
+# recording stub, so the order of the phases and the trap that stops the cluster are checked
+# without installing anything or touching a real cluster.
+CI_STUB = """#!/usr/bin/env bash
+{ printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$CALLS"
+if [ "$(basename "$0") $1" = "make test" ]; then
+    echo "env REQUIRE=$TAXI_JOB_REQUIRE_TOOLS IMAGE=${TAXI_JOB_TEST_IMAGE:-} \\
+KUBECONFIG=${TAXI_JOB_TEST_KUBECONFIG:-}" >> "$CALLS"
+fi
+case " $(basename "$0") $* " in *"$FAIL"*) exit 3 ;; esac
+if [ "$(basename "$0")" = env ]; then echo "export KUBECONFIG=/stub/kubeconfig"; fi
+exit 0
+"""
+
+
+@pytest.fixture
+def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
+    """``ci_run(FAIL=" up ", TAXI_JOB_KEEP_CLUSTER="1")``: run the copy; a stub whose
+    command line (`` NAME ARGS ``) contains FAIL exits 3. Returns the exit code, the calls and the output."""
+    repo, shared, bin_dir = tmp_path / "repo", tmp_path / "shared" / "k8s-local", tmp_path / "bin"
+    for folder in (repo / ".ci", shared, bin_dir):
+        folder.mkdir(parents=True)
+    (repo / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+    (repo / "kustomization.yaml").write_text(
+        (ROOT / "kustomization.yaml").read_text(encoding="utf-8"))
+    for stub in (repo / ".ci" / "setup-tools", repo / ".ci" / "build-image", bin_dir / "make",
+                 *(shared / name for name in ("up", "down", "env", "load-image"))):
+        stub.write_text(CI_STUB, encoding="utf-8")
+        stub.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+
+    def run(shared_cluster: bool = True, **env: str) -> tuple[int, Calls, str]:
+        if not shared_cluster:
+            for name in ("up", "down", "env", "load-image"):
+                (shared / name).unlink()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TAXI_JOB_")}
+        environ.update(PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls),
+                       FAIL=env.pop("FAIL", "nothing-fails"), **env)
+        result = subprocess.run(["bash", str(repo / ".ci" / "run")], env=environ,
+                                capture_output=True, text=True, timeout=60, check=False)
+        recorded = [shlex.split(line) for line in calls.read_text().splitlines()]
+        return result.returncode, recorded, result.stdout + result.stderr
+
+    return run
+
+
+def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
+    ci_run: Callable[..., tuple[int, Calls, str]],
+) -> None:
+    code, calls, output = ci_run()
+    image = f"localhost/{kustomize_image()}"
+    assert code == 0, output
+    assert [c[:2] for c in calls] == [
+        ["make", "install"], ["setup-tools"], ["make", "lint"], ["build-image", image],
+        ["up"], ["env"], ["load-image", image],
+        ["make", "test"], ["env", "REQUIRE=1"], ["make", "test"], ["env", "REQUIRE=1"],
+        ["down", "--purge"]]
+    tests = [c for c in calls if c[:2] == ["make", "test"]]
+    assert tests == [["make", "test", "PYTEST_ARGS=-m 'not cluster'"],
+                     ["make", "test", "PYTEST_ARGS=-m cluster"]]
+    # one image for the image tests and the cluster, and the cluster's kubeconfig
+    assert ["env", "REQUIRE=1", f"IMAGE={image}", "KUBECONFIG=/stub/kubeconfig"] in calls
+    for name in ("tools", "image", "cluster", "unit tests", "cluster tests", "cluster down"):
+        assert re.search(rf"^  {name} +\d+ s$", output, re.MULTILINE), output
+
+
+@pytest.mark.parametrize("fail", [" up ", " load-image ", "not cluster", "-m cluster"])
+def test_ci_stops_the_cluster_whatever_failed(
+    ci_run: Callable[..., tuple[int, Calls, str]], fail: str,
+) -> None:
+    code, calls, output = ci_run(FAIL=fail)
+    assert code == 3, output
+    assert calls[-1] == ["down", "--purge"]
+
+
+def test_ci_keeps_the_cluster_when_asked(ci_run: Callable[..., tuple[int, Calls, str]]) -> None:
+    code, calls, output = ci_run(TAXI_JOB_KEEP_CLUSTER="1", FAIL="-m cluster")
+    assert code == 3
+    assert ["up"] in calls
+    assert not [c for c in calls if c[0] == "down"]
+    assert "TAXI_JOB_KEEP_CLUSTER=1: the cluster stays up" in output
+
+
+def test_ci_without_the_shared_cluster_still_runs_the_cluster_tests(
+    ci_run: Callable[..., tuple[int, Calls, str]],
+) -> None:
+    """They fail there (TAXI_JOB_REQUIRE_TOOLS=1) rather than pass by skipping."""
+    code, calls, _ = ci_run(shared_cluster=False)
+    assert code == 0
+    assert not [c for c in calls if c[0] in ("up", "down", "build-image")]
+    assert ["make", "test", "PYTEST_ARGS=-m cluster"] in calls
+    assert ["env", "REQUIRE=1", "IMAGE=", "KUBECONFIG="] in calls
