@@ -6,6 +6,9 @@ fresh namespace (conftest.py ``deployment``), then what a user does and sees, in
 2. the every-minute infer CronJob on its own: a new file predicted, then skipped;
 3. ``taxi-job launch train --wait --logs`` from outside and from inside the cluster, and
    ``taxi-job runs``;
+4. the overlap guard, and the training lock (exit 75, retried);
+5. bad input: the Job fails at once (podFailurePolicy) and ``runs`` names the file;
+6. a training pod deleted mid-run: the previous model stays current, one model published;
 7. the pods ran as uid 10001, read-only root, under the restricted Pod Security Standard.
 
 The tests run in this order and build on each other's state (one namespace, one volume):
@@ -185,6 +188,118 @@ def test_launch_train_from_outside_and_inside_then_runs(quiet: Deployment) -> No
         assert (run["command"], run["trigger"], run["state"]) == ("train", "manual", "succeeded")
         assert run["summary"]["model_version"] == version
         assert run["summary"]["rmse_eval"] > 0
+
+
+# --- 4 ---------------------------------------------------------------------------------
+
+
+def launch(deployment: Deployment, *args: str) -> str:
+    result = deployment.taxi_job("launch", "train", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return launched_name(result.stdout)
+
+
+def test_overlap_guard_then_the_lock_makes_the_second_training_retry(quiet: Deployment) -> None:
+    # The lock held from the volume shell stands for a long training: ours take a second.
+    with quiet.holding_training_lock():
+        first = launch(quiet)
+        quiet.wait_for(f"{first}'s pod to run", lambda: job_pod_running(quiet, first), 120,
+                       first)
+
+        refused = quiet.taxi_job("launch", "train")
+        assert refused.returncode == EXIT_TRANSIENT, refused.stdout + refused.stderr
+        assert f"{first} (manual" in refused.stderr
+
+        second = launch(quiet, "--allow-overlap", "--set", "lock-timeout=0")
+
+        def retried() -> bool:
+            pods = quiet.pods_of(second)
+            return EXIT_TRANSIENT in exit_codes(pods, "train") and len(pods) >= 2
+
+        quiet.wait_for(f"{second} to exit 75 and start again", retried, 180, second)
+
+    done = {name: quiet.job_finished(name) for name in (first, second)}
+    for name, job in done.items():
+        assert condition(job, "Complete"), quiet.explain(name)
+    pods = quiet.pods_of(second)
+    assert exit_codes(pods, "train")[0] == EXIT_TRANSIENT
+    assert "another training holds the lock" in quiet.kubectl(
+        "logs", pods[0]["metadata"]["name"]).stdout
+    versions = {termination_summary(quiet.pods_of(n)[-1], "train")["model_version"]
+                for n in done}
+    assert len(versions) == 2
+    assert quiet.current_model() in versions
+
+
+# --- 5 ---------------------------------------------------------------------------------
+
+
+def failed_at_once(deployment: Deployment, name: str) -> Obj:
+    """The Job failed through its podFailurePolicy, after one pod: no retry."""
+    job = deployment.job_finished(name)
+    failed = condition(job, "Failed")
+    assert failed and failed["reason"] == "PodFailurePolicy", deployment.explain(name)
+    assert job["status"].get("failed") == 1
+    assert len(deployment.pods_of(name)) == 1
+    return job
+
+
+def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployment) -> None:
+    corrupt = f"{INCOMING}/corrupt.parquet"
+    # written under another name, then renamed: the way a file should arrive
+    quiet.shell(f"printf 'PAR1 not really parquet' > {corrupt}.part && mv {corrupt}.part {corrupt}")
+    try:
+        result = quiet.taxi_job("launch", "infer", "--wait", "--timeout", "300")
+        assert result.returncode == EXIT_RUN_FAILED, result.stdout + result.stderr
+        name = launched_name(result.stdout)
+        failed_at_once(quiet, name)
+        assert exit_codes(quiet.pods_of(name), "infer") == [2]
+        run = run_named(quiet, name)
+        assert run["state"] == "failed"
+        assert "corrupt.parquet" in run["summary"]["error"]
+    finally:
+        quiet.shell(f"rm -f {corrupt}")
+
+    model = quiet.current_model()
+    missing = f"{VOLUME}/data/no-such-month.parquet"
+    result = quiet.taxi_job("launch", "train", "--wait", "--set", f"train-data={missing}")
+    assert result.returncode == EXIT_RUN_FAILED, result.stdout + result.stderr
+    name = launched_name(result.stdout)
+    failed_at_once(quiet, name)
+    assert exit_codes(quiet.pods_of(name), "train") == [2]
+    run = run_named(quiet, name)
+    assert "no-such-month.parquet" in run["summary"]["error"]
+    assert quiet.current_model() == model
+
+
+# --- 6 ---------------------------------------------------------------------------------
+
+
+def test_a_training_pod_deleted_mid_run_leaves_the_model_then_publishes_once(
+    quiet: Deployment,
+) -> None:
+    model, versions = quiet.current_model(), quiet.model_versions()
+    # The held lock keeps the training inside its run (started, nothing published yet)
+    # until the pod is gone: ours take a second otherwise.
+    with quiet.holding_training_lock():
+        name = launch(quiet)
+        pod = quiet.wait_for(f"{name}'s pod to run", lambda: job_pod_running(quiet, name),
+                             120, name)["metadata"]["name"]
+        quiet.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s")
+        assert quiet.current_model() == model
+
+        def replaced() -> Obj | None:
+            return next((p for p in quiet.pods_of(name) if p["metadata"]["name"] != pod), None)
+
+        quiet.wait_for(f"{name} to start another pod", replaced, 120, name)
+        assert quiet.current_model() == model
+
+    job = quiet.job_finished(name)
+    assert condition(job, "Complete"), quiet.explain(name)
+    published = sorted(set(quiet.model_versions()) - set(versions))
+    assert len(published) == 1
+    assert quiet.current_model() == published[0]
+    assert termination_summary(quiet.pods_of(name)[-1], "train")["model_version"] == published[0]
 
 
 # --- 7 ---------------------------------------------------------------------------------

@@ -159,7 +159,8 @@ exit 0
 @pytest.fixture
 def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
     """``ci_run(FAIL=" up ", TAXI_JOB_KEEP_CLUSTER="1")``: run the copy; a stub whose
-    command line (`` NAME ARGS ``) contains FAIL exits 3. Returns the exit code, the calls and the output."""
+    command line (`` NAME ARGS ``) contains FAIL exits 3. Returns the exit code, the calls
+    and the output."""
     repo, shared, bin_dir = tmp_path / "repo", tmp_path / "shared" / "k8s-local", tmp_path / "bin"
     for folder in (repo / ".ci", shared, bin_dir):
         folder.mkdir(parents=True)
