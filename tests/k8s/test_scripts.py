@@ -23,6 +23,7 @@ echo "$(basename "$0") $*" >> "$CALLS"
 case "$(basename "$0") $1" in
     "kind get") echo other-cluster ;;
     "kubectl -n")
+        if [[ $3 == get && $4 == events ]]; then echo "${REFUSED:-}"; fi
         if [[ $3 == get && $4 == job/* ]]; then
             job=${4#job/}
             states="$STATES/${job%-*}"
@@ -55,14 +56,18 @@ def fake_tools(tmp_path: Path) -> Callable[..., Calls]:
     states_dir = tmp_path / "states"
     states_dir.mkdir()
 
-    def run(script: str, states: dict[str, list[str]] | None = None, code: int = 0) -> Calls:
+    def run(script: str, states: dict[str, list[str]] | None = None, code: int = 0,
+            args: tuple[str, ...] = (), **env: str) -> Calls:
         for cronjob, lines in (states or {}).items():
             (states_dir / cronjob).write_text("".join(f"{line}\n" for line in lines))
-        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
-               "STATES": str(states_dir)}
-        env.pop("KIND_EXPERIMENTAL_PROVIDER", None)
-        result = subprocess.run(["bash", str(ROOT / script)], env=env, capture_output=True,
-                                text=True, timeout=60, check=False)
+        extra = env
+        environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+               "STATES": str(states_dir), **extra}
+        environ.pop("KIND_EXPERIMENTAL_PROVIDER", None)
+        if "TAXI_JOB_NAMESPACE" not in extra:
+            environ.pop("TAXI_JOB_NAMESPACE", None)
+        result = subprocess.run(["bash", str(ROOT / script), *args], env=environ,
+                                capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == code, result.stderr
         return [shlex.split(line) for line in calls.read_text(encoding="utf-8").splitlines()]
 
@@ -118,6 +123,28 @@ def test_first_run_stops_at_a_failed_job_with_its_logs(fake_tools: Callable[...,
     assert calls.count(["sleep", "5"]) == 2
     assert ["kubectl", "-n", "taxi-job", "logs", f"job/{train}", "--all-containers",
             "--tail=20"] in calls
+
+
+def test_first_run_takes_the_namespace_and_the_kustomization(
+    fake_tools: Callable[..., Calls],
+) -> None:
+    """As the cluster suite runs it: an overlay of its own, a namespace of its own."""
+    calls = fake_tools("scripts/first-run.sh", args=("/tmp/overlay",),
+                       TAXI_JOB_NAMESPACE="taxi-job-e2e-1")
+    assert calls[0] == ["kubectl", "apply", "-k", "/tmp/overlay"]
+    assert started_jobs(calls) == ["seed-sample-data", "train", "infer"]
+    assert {c[2] for c in calls if c[:2] == ["kubectl", "-n"]} == {"taxi-job-e2e-1"}
+
+
+def test_first_run_stops_at_a_pod_the_namespace_refuses(fake_tools: Callable[..., Calls]) -> None:
+    """The Job controller cannot create a pod that violates the Pod Security level, and
+    would try until the timeout: the script stops at its event instead."""
+    refused = ('Error creating: pods "seed-sample-data-1-x" is forbidden: violates '
+               'PodSecurity "restricted:latest": runAsUser=0')
+    calls = fake_tools("scripts/first-run.sh", code=1, states={"seed-sample-data": [""]},
+                       REFUSED=refused)
+    assert started_jobs(calls) == ["seed-sample-data"]
+    assert not calls.count(["sleep", "5"])
 
 
 def test_kind_builds_and_loads_the_image_the_manifests_name(
