@@ -7,7 +7,8 @@ fresh namespace (conftest.py ``deployment``), then what a user does and sees, in
 3. ``taxi-job launch train --wait --logs`` from outside and from inside the cluster, and
    ``taxi-job runs``;
 4. the overlap guard, and the training lock (exit 75, retried);
-5. bad input: the Job fails at once (podFailurePolicy) and ``runs`` names the file;
+5. bad input: the Job fails at once (podFailurePolicy) and ``runs`` names the file; a bad
+   file of the queue is set aside in ``data/rejected/``, the others predicted;
 6. a training pod deleted mid-run: the previous model stays current, one model published;
 7. the pods ran as uid 10001, read-only root, under the restricted Pod Security Standard.
 
@@ -247,9 +248,12 @@ def failed_at_once(deployment: Deployment, name: str) -> Obj:
 
 
 def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployment) -> None:
+    # a corrupt file and a good one, each written under another name and then renamed:
+    # the way a file should arrive
     corrupt = f"{INCOMING}/corrupt.parquet"
-    # written under another name, then renamed: the way a file should arrive
-    quiet.shell(f"printf 'PAR1 not really parquet' > {corrupt}.part && mv {corrupt}.part {corrupt}")
+    quiet.shell(f"printf 'PAR1 not really parquet' > {INCOMING}/.c && mv {INCOMING}/.c {corrupt}"
+                f" && taxi-job sample-data --month 2021-05 --rows 300 {INCOMING}")
+    good = "yellow_tripdata_2021-05.parquet"
     try:
         result = quiet.taxi_job("launch", "infer", "--wait", "--timeout", "300")
         assert result.returncode == EXIT_RUN_FAILED, result.stdout + result.stderr
@@ -259,8 +263,23 @@ def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployme
         run = run_named(quiet, name)
         assert run["state"] == "failed"
         assert "corrupt.parquet" in run["summary"]["error"]
+        # the bad file set aside with the reason beside it, the good one predicted
+        assert run["summary"]["inputs_rejected"] == 1
+        # (the queue's older files too: a newer model has been trained since)
+        assert f"{ARTIFACTS}/predictions/{good}" in run["summary"]["outputs"]
+        rejected = f"{VOLUME}/data/rejected/corrupt.parquet"
+        assert run["summary"]["rejected"][0]["moved_to"] == rejected
+        note = json.loads(quiet.shell(f"cat {rejected}.json"))
+        assert "corrupt.parquet" in note["error"]
+        queue = quiet.shell(f"ls {INCOMING}").split()
+        assert "corrupt.parquet" not in queue
+        assert good in queue
+        assert quiet.predictions(good)["rows"] == 300
     finally:
         quiet.shell(f"rm -f {corrupt}")
+    # the next run is clean
+    again = quiet.taxi_job("launch", "infer", "--wait", "--timeout", "300")
+    assert again.returncode == 0, again.stdout + again.stderr
 
     model = quiet.current_model()
     missing = f"{VOLUME}/data/no-such-month.parquet"
