@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from e2e import Deployment, write_overlay
-from k8s.conftest import ROOT, missing
+from k8s.conftest import ROOT, missing, require_tools
 from kfake import FakeCluster
 
 
@@ -35,6 +35,16 @@ def kubeconfig(fake: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 # --- the real cluster (TAXI_JOB_TEST_KUBECONFIG) ------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """In CI (TAXI_JOB_REQUIRE_TOOLS=1) a test marked ``cluster`` fails without a cluster,
+    before any skipif of its own can skip it: CI never passes by skipping them."""
+    if (item.get_closest_marker("cluster") and require_tools()
+            and not os.environ.get("TAXI_JOB_TEST_KUBECONFIG")):
+        pytest.fail("TAXI_JOB_TEST_KUBECONFIG names no cluster (TAXI_JOB_REQUIRE_TOOLS is set: "
+                    ".ci/run starts ../shared/k8s-local)", pytrace=False)
 
 
 @pytest.fixture(scope="session")
