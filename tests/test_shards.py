@@ -332,9 +332,11 @@ def test_a_file_bad_in_its_footer_fails_every_shard_alike(tmp_path, make_trips):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--shards", "2"], "--run-id is required with --shards above 1"),
+        (["--shards", "2", "--shard-index", "0"], "--run-id is required with --shards above 1"),
         (["--shards", "3", "--shard-index", "3", "--run-id", "r"], "--shard-index 3: must be"),
-        (["--shards", "2", "--run-id", "../x"], "--run-id '../x': use letters"),
+        (["--shards", "2", "--shard-index", "0", "--run-id", "../x"], "--run-id '../x': use"),
+        # A Job that is not Indexed gives no index: shard 0 alone would publish nothing.
+        (["--shards", "3", "--run-id", "r"], "--shards 3 needs --shard-index"),
     ],
 )
 def test_shard_options_are_checked(tmp_path, make_trips, extra, message):
@@ -388,3 +390,16 @@ def test_owner_is_stable_and_spreads_names():
 
 
 PINNED_OWNERS = [2, 0, 2, 2, 0, 1]
+
+
+def test_sharded_inference_needs_its_index(tmp_path, make_trips):
+    """TAXI_JOB_SHARDS set for a Job that is not Indexed (the ConfigMap, say) must not make
+    the every-minute infer predict a third of the queue in silence."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    make_trips("a.parquet", rows=10, folder=incoming)
+    result = run("infer", "--input", str(incoming), "--artifacts", str(tmp_path / "a"),
+                 env={"TAXI_JOB_SHARDS": "3"})  # fmt: skip
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "--shards 3 needs --shard-index" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "a" / "predictions").exists()

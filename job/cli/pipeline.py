@@ -15,6 +15,7 @@ from job.cli.options import (
     option,
     reporting,
 )
+from job.errors import BadInputError
 
 shards_option = option(
     "--shards",
@@ -30,6 +31,19 @@ shard_index_option = option(
     show_default=True,
     help="This process's share, 0 to SHARDS-1 (on Kubernetes: JOB_COMPLETION_INDEX).",
 )
+
+
+def _require_shard_index(shards: int) -> None:
+    """With --shards above 1 the index must be given (flag or environment), not defaulted:
+    a Job that is not Indexed would otherwise run shard 0 alone, and a training would wait
+    for shards that never come (nothing published, exit 0), an inference would predict a
+    share of the inputs."""
+    source = click.get_current_context().get_parameter_source("shard_index")
+    if shards > 1 and source is click.core.ParameterSource.DEFAULT:
+        raise BadInputError(
+            f"--shards {shards} needs --shard-index (TAXI_JOB_SHARD_INDEX): every process "
+            "must know its share; on Kubernetes an Indexed Job gives it (components/scale-out)"
+        )
 
 
 @click.command("train")
@@ -97,6 +111,7 @@ shard_index_option = option(
 @reporting
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
+    _require_shard_index(options["shards"])
     config = pipeline.TrainConfig(**options)
     if config.shards == 1:
         return pipeline.train(config)
@@ -129,4 +144,5 @@ def train(**options: Any) -> dict[str, Any]:
 @reporting
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
+    _require_shard_index(options["shards"])
     return pipeline.infer(pipeline.InferConfig(**options))
