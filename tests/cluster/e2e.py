@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,20 +50,52 @@ def kustomization_image() -> str:
     return f"{entry.get('newName', entry['name'])}:{entry['newTag']}"
 
 
-def write_overlay(directory: Path, namespace: str, image: str) -> Path:
+def write_overlay(
+    directory: Path,
+    namespace: str,
+    image: str,
+    *,
+    components: Sequence[str] = (),
+    patches: Sequence[Obj] = (),
+) -> Path:
     """A throw-away kustomization over this repository's: everything in ``namespace``
-    (the Namespace object itself renamed, its Pod Security labels kept), running ``image``."""
+    (the Namespace object itself renamed, its Pod Security labels kept), running ``image``,
+    with the repository's ``components`` (paths from its root) and extra ``patches``."""
     name, _, tag = image.rpartition(":")
     directory.mkdir(parents=True, exist_ok=True)
-    body = {
+    body: Obj = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [os.path.relpath(ROOT, directory)],
         "namespace": namespace,
         "images": [{"name": "taxi-job", "newName": name, "newTag": tag}],
     }
+    if components:
+        body["components"] = [os.path.relpath(ROOT / c, directory) for c in components]
+    if patches:
+        body["patches"] = list(patches)
     (directory / "kustomization.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
     return directory
+
+
+def cronjob_patch(cronjob: str, operations: list[Obj]) -> Obj:
+    """A kustomize JSON patch of one CronJob of the base."""
+    return {"target": {"kind": "CronJob", "name": cronjob}, "patch": yaml.safe_dump(operations)}
+
+
+#: The every-minute infer suspended, for a suite that is not about it (the schedule would
+#: race it for the volume's files).
+SUSPEND_INFER = cronjob_patch("infer", [{"op": "add", "path": "/spec/suspend", "value": True}])
+
+
+def small_requests(cronjob: str) -> Obj:
+    """Small requests for a CronJob's container, so that several pods schedule side by side
+    on a shared machine."""
+    return cronjob_patch(cronjob, [{
+        "op": "replace",
+        "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/requests",
+        "value": {"cpu": "50m", "memory": "128Mi"},
+    }])  # fmt: skip
 
 
 @dataclass

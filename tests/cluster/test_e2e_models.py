@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from test_e2e_scale_out import IMAGE, KUBECONFIG, ROOT, kubectl, run_job
+from e2e import SUSPEND_INFER, small_requests, write_overlay
+from test_e2e_scale_out import IMAGE, KUBECONFIG, kubectl, run_job
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 #: The seeded incoming month: 1000 rows, too few to fit 500 zone weights well.
@@ -38,24 +38,9 @@ pytestmark = [
 def overlay(directory: Path, namespace: str) -> Path:
     """The repository in ``namespace``, on the test image; the every-minute infer suspended
     (the machine is shared, and this test is about train and models)."""
-    name, _, tag = IMAGE.rpartition(":")
-    body = {
-        "resources": [os.path.relpath(ROOT, directory)],
-        "namespace": namespace,
-        "images": [{"name": "taxi-job", "newName": name, "newTag": tag}],
-        "patches": [
-            {"target": {"kind": "CronJob", "name": "infer"},
-             "patch": yaml.safe_dump([{"op": "add", "path": "/spec/suspend", "value": True}])},
-            {"target": {"kind": "CronJob", "name": "train"},
-             "patch": yaml.safe_dump([{
-                 "op": "replace",
-                 "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/requests",
-                 "value": {"cpu": "50m", "memory": "128Mi"}}])},
-        ],
-    }  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
-    return directory
+    return write_overlay(
+        directory, namespace, IMAGE, patches=[SUSPEND_INFER, small_requests("train")]
+    )
 
 
 @pytest.fixture

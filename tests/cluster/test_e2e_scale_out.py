@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from e2e import SUSPEND_INFER, cronjob_patch, small_requests, write_overlay
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("TAXI_JOB_TEST_KUBECONFIG", "")
@@ -49,7 +49,6 @@ def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
 def overlay(directory: Path, namespace: str) -> Path:
     """The repository with the scale-out component, in ``namespace``, on the test image; a
     training month of 2.5 M rows (3 row groups: one file split over the 3 shards)."""
-    name, _, tag = IMAGE.rpartition(":")
     seed_rows = [
         {"op": "replace", "path": "/spec/jobTemplate/spec/template/spec/containers/0/args/4",
          "value": "2500000"},
@@ -59,27 +58,10 @@ def overlay(directory: Path, namespace: str) -> Path:
          "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/limits/memory",
          "value": "1Gi"},
     ]  # fmt: skip
-    # The machine is shared: small requests, so the 3 shards schedule side by side.
-    small = [{"op": "replace",
-              "path": "/spec/jobTemplate/spec/template/spec/containers/0/resources/requests",
-              "value": {"cpu": "50m", "memory": "128Mi"}}]  # fmt: skip
-    body = {
-        "resources": [os.path.relpath(ROOT, directory)],
-        "components": [os.path.relpath(ROOT / "components" / "scale-out", directory)],
-        "namespace": namespace,
-        "images": [{"name": "taxi-job", "newName": name, "newTag": tag}],
-        "patches": [
-            {"target": {"kind": "CronJob", "name": "seed-sample-data"},
-             "patch": yaml.safe_dump(seed_rows)},
-            {"target": {"kind": "CronJob", "name": "train"}, "patch": yaml.safe_dump(small)},
-            # the every-minute infer has nothing to do with this test: suspended
-            {"target": {"kind": "CronJob", "name": "infer"},
-             "patch": yaml.safe_dump([{"op": "add", "path": "/spec/suspend", "value": True}])},
-        ],
-    }  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
-    return directory
+    patches = [cronjob_patch("seed-sample-data", seed_rows), small_requests("train"), SUSPEND_INFER]
+    return write_overlay(
+        directory, namespace, IMAGE, components=["components/scale-out"], patches=patches
+    )
 
 
 @pytest.fixture
