@@ -14,17 +14,22 @@ kustomization=${1:-.}
 ns=${TAXI_JOB_NAMESPACE:-taxi-job}
 run=$(date +%Y%m%d%H%M%S)
 
-# Wait until the Job completes (return 0), fails or is not done after $2 seconds (return
-# 1). Not `kubectl wait --for=condition=complete`: it does not return when the Job fails,
-# so a failed run would hang here for the whole timeout. Since Kubernetes 1.31 the final
-# condition follows SuccessCriteriaMet or FailureTarget: only Complete or Failed ends it.
+# Wait until the Job completes (return 0), fails, disappears or is not done after $2
+# seconds (return 1). Not `kubectl wait --for=condition=complete`: it does not return when
+# the Job fails, so a failed run would hang here for the whole timeout. Since Kubernetes
+# 1.31 the final condition follows SuccessCriteriaMet or FailureTarget: only Complete or
+# Failed ends it.
 wait_job() {
-    local job=$1 timeout=$2 deadline conditions refused
+    local job=$1 timeout=$2 deadline state refused
     deadline=$((SECONDS + timeout))
     while true; do
-        conditions=$(kubectl -n "$ns" get "job/$job" \
-            -o jsonpath='{.status.conditions[?(@.status=="True")].type}') || conditions=""
-        case " $conditions " in
+        # "NAME CONDITIONS", or nothing once the Job is gone; a failed call (the API
+        # server busy for a moment) is not an answer: look again.
+        state=$(kubectl -n "$ns" get "job/$job" --ignore-not-found \
+            -o jsonpath='{.metadata.name}{" "}{.status.conditions[?(@.status=="True")].type}') \
+            || state="?"
+        case " $state " in
+            "  ") echo "job/$job was deleted before it finished" >&2; return 1 ;;
             *" Complete "*) return 0 ;;
             *" Failed "*) echo "job/$job failed" >&2; return 1 ;;
         esac
@@ -49,11 +54,20 @@ wait_job() {
 }
 
 # Start a Job from a CronJob (a schedule or a suspended template) and wait for it.
+# `kubectl create job --from` makes the CronJob the Job's controller, and a CronJob
+# deletes the Jobs it controls beyond its history limit: infer keeps one, so the next
+# scheduled infer (every minute) could delete ours before it was read. Ours keep the
+# owner (deleted with the CronJob) without being controlled, and go after a week, as
+# `taxi-job launch` makes them.
+uncontrolled='[{"op": "replace", "path": "/metadata/ownerReferences/0/controller", "value": false},'
+uncontrolled+=' {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": 604800}]'
 run_job() {
     local cronjob=$1 job="$1-$run" timeout=$2
-    kubectl -n "$ns" create job "$job" --from="cronjob/$cronjob"
+    kubectl -n "$ns" create job "$job" --from="cronjob/$cronjob" --dry-run=client -o json \
+        | kubectl patch --local -f - --type=json -p "$uncontrolled" -o json \
+        | kubectl -n "$ns" create -f -
     if ! wait_job "$job" "$timeout"; then
-        kubectl -n "$ns" describe "job/$job" | tail -n 20
+        kubectl -n "$ns" describe "job/$job" | tail -n 20 || true
         kubectl -n "$ns" logs "job/$job" --all-containers --tail=20 || true
         exit 1
     fi

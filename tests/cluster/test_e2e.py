@@ -138,6 +138,21 @@ def test_the_infer_schedule_predicts_a_new_file_then_skips_it(deployment: Deploy
     assert predictions["rows"] == 500
     assert predictions["versions"] == [deployment.current_model()]
 
+    # Two scheduled runs finished after the first run's infer Job, and the CronJob keeps
+    # one successful Job of those it controls: first-run.sh's Jobs are owned by their
+    # CronJob but not controlled by it, so they are still there, for a week.
+    first_run = {j["metadata"]["name"]: j for j in deployment.get_list("jobs")
+                 if j["metadata"]["name"] in before
+                 and j["metadata"].get("annotations", {}).get(
+                     "cronjob.kubernetes.io/instantiate") == "manual"}
+    assert sorted(name.rsplit("-", 1)[0] for name in first_run) == [
+        "infer", "seed-sample-data", "train"]
+    for job in first_run.values():
+        (owner,) = job["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["controller"]) == ("CronJob", False)
+        assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+        assert condition(job, "Complete")
+
 
 @pytest.fixture(scope="module")
 def quiet(deployment: Deployment) -> Iterator[Deployment]:

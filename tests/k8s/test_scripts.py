@@ -15,11 +15,12 @@ import yaml
 
 from .conftest import ROOT, Manifest
 
-# `kubectl -n NS get job/CRONJOB-TIME -o jsonpath=...` answers the Job's true conditions,
-# one line of $STATES/CRONJOB per call, then those of a Job that completed (on 1.31+).
+# `kubectl -n NS get job/CRONJOB-TIME -o jsonpath=...` answers the Job's name and true
+# conditions, one line of $STATES/CRONJOB per call (GONE: nothing, as --ignore-not-found
+# answers for a deleted Job), then those of a Job that completed (on 1.31+).
 # `sleep` returns at once.
 STUB = """#!/usr/bin/env bash
-echo "$(basename "$0") $*" >> "$CALLS"
+{ printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$CALLS"
 case "$(basename "$0") $1" in
     "kind get") echo other-cluster ;;
     "kubectl -n")
@@ -28,10 +29,11 @@ case "$(basename "$0") $1" in
             job=${4#job/}
             states="$STATES/${job%-*}"
             if [[ -s $states ]]; then
-                head -n 1 "$states"
+                state=$(head -n 1 "$states")
                 sed -i 1d "$states"
+                if [[ $state != GONE ]]; then echo "$job $state"; fi
             else
-                echo "SuccessCriteriaMet Complete"
+                echo "$job SuccessCriteriaMet Complete"
             fi
         fi ;;
 esac
@@ -45,7 +47,8 @@ Calls = list[list[str]]
 def fake_tools(tmp_path: Path) -> Callable[..., Calls]:
     """``fake_tools("scripts/kind.sh")`` runs a script with recording stand-ins first on
     PATH and returns the commands it ran. ``states={"train": ["", "Failed"]}`` gives the
-    conditions the train Job shows at each look; ``code`` is the exit code expected."""
+    conditions the train Job shows at each look; ``code`` is the exit code expected;
+    ``stderr=[]`` collects what the script printed there."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("kubectl", "kind", "docker", "podman", "minikube", "sleep"):
@@ -57,7 +60,7 @@ def fake_tools(tmp_path: Path) -> Callable[..., Calls]:
     states_dir.mkdir()
 
     def run(script: str, states: dict[str, list[str]] | None = None, code: int = 0,
-            args: tuple[str, ...] = (), **env: str) -> Calls:
+            args: tuple[str, ...] = (), stderr: list[str] | None = None, **env: str) -> Calls:
         for cronjob, lines in (states or {}).items():
             (states_dir / cronjob).write_text("".join(f"{line}\n" for line in lines))
         extra = env
@@ -69,6 +72,8 @@ def fake_tools(tmp_path: Path) -> Callable[..., Calls]:
         result = subprocess.run(["bash", str(ROOT / script), *args], env=environ,
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == code, result.stderr
+        if stderr is not None:
+            stderr.append(result.stderr)
         return [shlex.split(line) for line in calls.read_text(encoding="utf-8").splitlines()]
 
     return run
@@ -123,6 +128,38 @@ def test_first_run_stops_at_a_failed_job_with_its_logs(fake_tools: Callable[...,
     assert calls.count(["sleep", "5"]) == 2
     assert ["kubectl", "-n", "taxi-job", "logs", f"job/{train}", "--all-containers",
             "--tail=20"] in calls
+
+
+def test_first_run_keeps_its_jobs_out_of_the_cronjob_history(
+    fake_tools: Callable[..., Calls],
+) -> None:
+    """`kubectl create job --from` makes the CronJob the Job's controller, and the infer
+    CronJob (one successful Job kept, a run a minute) deletes it once a later scheduled run
+    finishes, possibly before the script has read it: each Job is made client-side, turned
+    into an uncontrolled one that expires after a week, then created."""
+    calls = fake_tools("scripts/first-run.sh")
+    made = [c for c in calls if any(a.startswith("--from=cronjob/") for a in c)]
+    assert len(made) == 3
+    assert all(c[-3:] == ["--dry-run=client", "-o", "json"] for c in made)
+    patches = [c for c in calls if c[:3] == ["kubectl", "patch", "--local"]]
+    assert len(patches) == 3
+    ops = yaml.safe_load(patches[0][patches[0].index("-p") + 1])
+    assert {"op": "replace", "path": "/metadata/ownerReferences/0/controller",
+            "value": False} in ops
+    assert {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": 604800} in ops
+    assert calls.count(["kubectl", "-n", "taxi-job", "create", "-f", "-"]) == 3
+
+
+def test_first_run_stops_when_its_job_is_deleted(fake_tools: Callable[..., Calls]) -> None:
+    """A Job deleted before it finished (by hand, or by a controller) will never complete:
+    say so at once instead of waiting out the timeout."""
+    stderr: list[str] = []
+    calls = fake_tools("scripts/first-run.sh", code=1, states={"infer": ["", "GONE"]},
+                       stderr=stderr)
+    (infer,) = {job for job in looks(calls) if job.startswith("infer-")}
+    assert looks(calls).count(infer) == 2
+    assert calls.count(["sleep", "5"]) == 1
+    assert f"job/{infer} was deleted before it finished" in stderr[0]
 
 
 def test_first_run_takes_the_namespace_and_the_kustomization(
