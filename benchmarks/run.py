@@ -123,38 +123,28 @@ def measure(cmd: list[str], cwd: Path) -> Run:
     return Run(seconds, peak_kib or usage.ru_maxrss, json.loads(lines[-1]) if lines else {}, cpu)
 
 
+def month_file(folder: Path, month: str, rows: int) -> Path:
+    """``folder``'s synthetic file of ``month`` with ``rows`` trips: generated with the
+    project's CLI once, and reused while its row count matches."""
+    path = folder / f"yellow_tripdata_{month}.parquet"
+    try:
+        have = pq.read_metadata(path).num_rows
+    except (OSError, ValueError):
+        have = None
+    if have != rows:
+        log(f"generating {path} ({rows:,} rows)")
+        subprocess.run(
+            [TAXI_JOB, "sample-data", "--month", month, "--rows", str(rows), str(folder), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return path
+
+
 def data_for(scale: int, workdir: Path) -> dict[str, Path]:
-    """The three months at ``scale`` times the real row counts, generated with the project's
-    CLI once and reused while the row counts match."""
+    """The three months at ``scale`` times the real row counts."""
     folder = workdir / f"x{scale}" / "data"
-    paths = {}
-    for month, rows in MONTHS.items():
-        path = folder / f"yellow_tripdata_{month}.parquet"
-        wanted = rows * scale
-        try:
-            have = pq.read_metadata(path).num_rows
-        except (OSError, ValueError):
-            have = None
-        if have != wanted:
-            log(f"generating {path} ({wanted:,} rows)")
-            subprocess.run(
-                [
-                    TAXI_JOB,
-                    "sample-data",
-                    "--month",
-                    month,
-                    "--rows",
-                    str(wanted),
-                    str(folder),
-                    "-q",
-                    "--output-format",
-                    "json",
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-        paths[month] = path
-    return paths
+    return {month: month_file(folder, month, rows * scale) for month, rows in MONTHS.items()}
 
 
 def interleave(fast: int, slow: int) -> list[str]:

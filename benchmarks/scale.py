@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -25,8 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
-from run import HERE, TAXI_JOB, Run, context, log, measure, print_context, render, verdict
+from run import (
+    HERE,
+    TAXI_JOB,
+    Run,
+    context,
+    log,
+    measure,
+    month_file,
+    print_context,
+    render,
+    verdict,
+)
 
 #: Rows of the TLC's yellow-taxi files of 2021 (the training year) and of 2022-01 (the
 #: evaluation month after it): about 31 million rows in all.
@@ -43,22 +52,10 @@ TARGET_REDUCE_SHARE = 0.05
 
 
 def year_data(workdir: Path) -> Path:
-    """The year and the evaluation month, generated with the project's CLI once and reused
-    while the row counts match."""
+    """The folder of the year and the evaluation month (:func:`run.month_file`)."""
     folder = workdir / "year"
     for month, rows in [*YEAR.items(), EVAL]:
-        path = folder / f"yellow_tripdata_{month}.parquet"
-        try:
-            have = pq.read_metadata(path).num_rows
-        except (OSError, ValueError):
-            have = None
-        if have != rows:
-            log(f"generating {path} ({rows:,} rows)")
-            subprocess.run(
-                [TAXI_JOB, "sample-data", "--month", month, "--rows", str(rows), str(folder),
-                 "-q"],
-                check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+        month_file(folder, month, rows)
     return folder
 
 

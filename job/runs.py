@@ -342,30 +342,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def render_table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Runs (as :meth:`Run.to_dict` gives them) as an aligned table, like ``kubectl get``."""
-    if not runs:
-        return "no runs"
-    header = ("NAME", "COMMAND", "TRIGGER", "STATE", "START (UTC)", "DURATION", "SUMMARY")
-    rows = [header]
-    for run in runs:
-        state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
-        if run["state"] == "succeeded" and is_rejected(run["command"], run.get("summary") or {}):
-            state = "rejected"
-        start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
-        rows.append(
-            (
-                run["name"],
-                run["command"],
-                run["trigger"],
-                state,
-                start,
-                format_duration(run.get("duration_s")),
-                describe_summary(run["command"], run.get("summary") or {}),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        for r in rows
+#: The columns of :func:`table_row`, as ``taxi-job runs`` shows them.
+TABLE_HEADER = ("NAME", "COMMAND", "TRIGGER", "STATE", "START (UTC)", "DURATION", "SUMMARY")
+
+
+def table_row(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """A run (as :meth:`Run.to_dict` gives it) as the cells of one table row."""
+    state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
+    if run["state"] == "succeeded" and is_rejected(run["command"], run.get("summary") or {}):
+        state = "rejected"
+    start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
+    return (
+        run["name"],
+        run["command"],
+        run["trigger"],
+        state,
+        start,
+        format_duration(run.get("duration_s")),
+        describe_summary(run["command"], run.get("summary") or {}),
     )

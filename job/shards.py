@@ -32,9 +32,9 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -140,13 +140,6 @@ def missing(folder: Path, shards: int) -> list[int]:
     return [k for k in range(shards) if partial_path(folder, k, shards).name not in present]
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a unique synced temporary in its folder and a rename, so a
-    reader (a shard on another node) sees the whole file or none."""
-    with volume.replacing(path) as tmp, open(tmp, "wb") as handle:
-        write(handle)
-
-
 def _digest(arrays: dict[str, np.ndarray]) -> str:
     sha = hashlib.sha256()
     for name in sorted(arrays):
@@ -166,7 +159,10 @@ def write_partial(path: Path, header: dict[str, Any], stats: dict[str, PairStats
         for name in _STATS:
             arrays[f"{role}_{name}"] = getattr(stats[role], name)
     arrays["checksum"] = np.frombuffer(_digest(arrays).encode(), np.uint8)
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    # Whole or not at all, for a shard on another node that reads it. A handle, not the
+    # temporary's name: given a name, savez would append ".npz" to it.
+    with volume.replacing(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def read_partial(path: Path) -> tuple[dict[str, Any], dict[str, PairStats]]:
@@ -220,8 +216,7 @@ def published(folder: Path) -> dict[str, Any] | None:
 
 
 def mark_published(folder: Path, record: dict[str, Any]) -> None:
-    data = (json.dumps(record, default=str) + "\n").encode()
-    write_atomic(folder / PUBLISHED, lambda handle: handle.write(data))
+    volume.write_atomic(folder / PUBLISHED, (json.dumps(record, default=str) + "\n").encode())
 
 
 def remove_partials(folder: Path) -> None:

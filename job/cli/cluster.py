@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import click
 
-from job.cli.options import common_options, option, render_text, reporting
+from job.cli.options import common_options, option, render_columns, render_text, reporting
 from job.envvars import ENV_PREFIX, option_of
 from job.launcher import DEFAULT_TTL
 from job.runs import name_of
@@ -295,11 +295,11 @@ def _log_sink(
 
 
 def _runs_text(summary: Mapping[str, Any]) -> str:
-    from job.runs import render_table
+    from job.runs import TABLE_HEADER, table_row
 
     if not summary["runs"]:  # a namespace with a typo has no runs either: name it
         return f"no runs in namespace {summary['namespace']}"
-    return render_table(summary["runs"])
+    return render_columns(TABLE_HEADER, [table_row(run) for run in summary["runs"]])
 
 
 @click.command("runs")

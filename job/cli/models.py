@@ -19,19 +19,10 @@ from job.cli.options import (
     common_options,
     lock_timeout_option,
     option,
+    render_columns,
     render_text,
     reporting,
 )
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Rows as aligned columns, like ``kubectl get``; the last column is not padded."""
-    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        for r in cells
-    )
 
 
 def _score(value: Any) -> str | None:
@@ -55,7 +46,7 @@ def render_list(summary: Mapping[str, Any]) -> str:
         for v in versions
     ]
     header = ("VERSION", "STATUS", "CREATED", "RMSE TRAIN", "RMSE EVAL", "ROWS", "TRAINED ON")
-    return table(header, rows)
+    return render_columns(header, rows)
 
 
 def render_history(summary: Mapping[str, Any]) -> str:
@@ -73,7 +64,7 @@ def render_history(summary: Mapping[str, Any]) -> str:
         )
         for e in entries
     ]
-    return table(("TIME (UTC)", "CAUSE", "VERSION", "PREVIOUS", "BY", "REASON"), rows)
+    return render_columns(("TIME (UTC)", "CAUSE", "VERSION", "PREVIOUS", "BY", "REASON"), rows)
 
 
 def render_show(summary: Mapping[str, Any]) -> str:

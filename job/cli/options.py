@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -105,6 +105,17 @@ def render_text(summary: Mapping[str, Any]) -> str:
             value = ", ".join(str(v) for v in value) if value else "-"
         lines.append(f"{key.ljust(width)}  {value}")
     return "\n".join(lines)
+
+
+def render_columns(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as aligned columns under ``header``, like ``kubectl get``; ``None`` shows as
+    ``-``, and the last column is not padded."""
+    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in cells
+    )
 
 
 #: The kubelet keeps at most this many bytes of a termination message.
