@@ -1,6 +1,8 @@
-"""The end-to-end suite's view of one deployment: the project's kustomization applied into
-a namespace of its own on the cluster TAXI_JOB_TEST_KUBECONFIG names, and the ways a user
-looks at it (kubectl, ``taxi-job``, the volume through the volume-shell pod).
+"""The end-to-end suites' view of the cluster TAXI_JOB_TEST_KUBECONFIG names: the project's
+kustomization applied into a namespace of their own, and the ways a user looks at it
+(kubectl, ``taxi-job``, the volume through the volume-shell pod). ``Deployment`` is
+test_e2e.py's one deployment; the other suites (models, volume, scale-out) each apply an
+overlay of their own with :func:`own_namespace` and run Jobs with :func:`run_job`.
 
 Every wait polls a condition until a timeout; when it runs out, the failure carries the
 Job's description and its pods' log tails, so that a CI log explains itself.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 from k8s.conftest import ROOT, find_tool
 
@@ -37,6 +40,16 @@ SEEDED_ROWS = 1000
 APP_UID = 10001
 #: A poll's pause: short against the seconds a pod takes to start.
 POLL_S = 1.0
+#: The cluster, and the image its node has (k8s-local: ``load-image``); .ci/run sets both.
+KUBECONFIG = os.environ.get("TAXI_JOB_TEST_KUBECONFIG", "")
+IMAGE = os.environ.get("TAXI_JOB_TEST_IMAGE", "")
+#: The marks of a suite that deploys the project into a namespace of its own.
+OWN_NAMESPACE_MARKS = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
+    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
+]
 
 
 class WaitTimeout(AssertionError):
@@ -281,6 +294,81 @@ class Deployment:
         result = self.taxi_job("runs", "--output-format", "json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])["runs"]  # type: ignore[no-any-return]
+
+
+# --- the suites with a namespace of their own --------------------------------------------
+
+
+def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    """``kubectl ARGS`` on the test cluster; its output (the test fails if it fails)."""
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+@contextlib.contextmanager
+def own_namespace(overlay: Callable[[Path, str], Path], workdir: Path) -> Iterator[str]:
+    """Apply ``overlay(directory, namespace)`` (a :func:`write_overlay`) into a fresh
+    namespace (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX); delete it at the end."""
+    prefix = os.environ.get("TAXI_JOB_TEST_NAMESPACE_PREFIX", "taxi-job-test")
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    kubectl("apply", "-k", str(overlay(workdir / "overlay", name)))
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false")
+
+
+def create_job(namespace: str, job: Obj | None = None, *, from_cronjob: str = "",
+               name: str = "") -> str:  # fmt: skip
+    """Create a Job (from an object, or from a CronJob's template); its name."""
+    if job is not None:
+        kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
+        return str(job["metadata"]["name"])
+    kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{from_cronjob}")
+    return name
+
+
+def run_job(namespace: str, job: Obj | None = None, *, from_cronjob: str = "",
+            name: str = "", timeout_s: int = 600) -> None:  # fmt: skip
+    """Create a Job (from an object, or from a CronJob's template) and wait for it."""
+    wait_job(namespace, create_job(namespace, job, from_cronjob=from_cronjob, name=name),
+             timeout_s)  # fmt: skip
+
+
+def job_ended(namespace: str, name: str, timeout_s: float = 600) -> Obj:
+    """Wait until the Job is Complete or Failed, and return it; fail the test with its pods
+    and logs if it has not ended in time."""
+    job: Obj = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # polling the Job's state, not timing it
+        job = json.loads(kubectl("-n", namespace, "get", "job", name, "-o", "json"))
+        if condition(job, "Complete") or condition(job, "Failed"):
+            return job
+        time.sleep(2)
+    pytest.fail(f"job {name} did not end in {timeout_s:g} s: {json.dumps(job.get('status'))}\n"
+                f"{_pods_and_logs(namespace, name)}")  # fmt: skip
+
+
+def wait_job(namespace: str, name: str, timeout_s: float = 600) -> None:
+    """Wait until the Job completes; fail the test with its pods and logs if it fails."""
+    job = job_ended(namespace, name, timeout_s)
+    if not condition(job, "Complete"):
+        pytest.fail(f"job {name} did not complete: {json.dumps(job['status'])}\n"
+                    f"{_pods_and_logs(namespace, name)}")  # fmt: skip
+
+
+def _pods_and_logs(namespace: str, name: str) -> str:
+    pods = kubectl("-n", namespace, "get", "pods", "-l", f"job-name={name}", "-o", "wide")
+    logs = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "logs", "--tail=5",
+         "-l", f"job-name={name}", "--all-containers"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    return f"{pods}\n{logs}"
 
 
 def condition(job: Obj, kind: str) -> Obj | None:

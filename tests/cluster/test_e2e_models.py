@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,19 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import SUSPEND_INFER, small_requests, write_overlay
-from test_e2e_scale_out import IMAGE, KUBECONFIG, kubectl, run_job
+from e2e import (
+    IMAGE,
+    KUBECONFIG,
+    OWN_NAMESPACE_MARKS,
+    SUSPEND_INFER,
+    own_namespace,
+    run_job,
+    small_requests,
+    write_overlay,
+)
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 #: The seeded incoming month: 1000 rows, too few to fit 500 zone weights well.
 SMALL_MONTH = "/var/lib/taxi-job/data/incoming/yellow_tripdata_2021-03.parquet"
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.slow,
-    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
-    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
-]
+pytestmark = OWN_NAMESPACE_MARKS
 
 
 def overlay(directory: Path, namespace: str) -> Path:
@@ -45,13 +47,8 @@ def overlay(directory: Path, namespace: str) -> Path:
 
 @pytest.fixture
 def namespace(tmp_path: Path) -> Iterator[str]:
-    prefix = os.environ.get("TAXI_JOB_TEST_NAMESPACE_PREFIX", "taxi-job-test")
-    name = f"{prefix}-{secrets.token_hex(3)}"
-    kubectl("apply", "-k", str(overlay(tmp_path / "overlay", name)))
-    try:
+    with own_namespace(overlay, tmp_path) as name:
         yield name
-    finally:
-        kubectl("delete", "namespace", name, "--wait=false")
 
 
 def taxi_job(namespace: str, *args: str, json_output: bool = True) -> Any:

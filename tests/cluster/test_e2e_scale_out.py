@@ -11,8 +11,6 @@ namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,29 +19,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e import SUSPEND_INFER, cronjob_patch, small_requests, write_overlay
+from e2e import (
+    IMAGE,
+    KUBECONFIG,
+    OWN_NAMESPACE_MARKS,
+    SUSPEND_INFER,
+    create_job,
+    cronjob_patch,
+    kubectl,
+    own_namespace,
+    run_job,
+    small_requests,
+    wait_job,
+    write_overlay,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-KUBECONFIG = os.environ.get("TAXI_JOB_TEST_KUBECONFIG", "")
-IMAGE = os.environ.get("TAXI_JOB_TEST_IMAGE", "")
 SHARDS = 3
 ONE_POD_ARTIFACTS = "/var/lib/taxi-job/artifacts-one-pod"
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.slow,
-    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
-    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
-]
-
-
-def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, *args], input=stdin, capture_output=True,
-        text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
-    return result.stdout
+pytestmark = OWN_NAMESPACE_MARKS
 
 
 def overlay(directory: Path, namespace: str) -> Path:
@@ -66,50 +60,8 @@ def overlay(directory: Path, namespace: str) -> Path:
 
 @pytest.fixture
 def namespace(tmp_path: Path) -> Iterator[str]:
-    prefix = os.environ.get("TAXI_JOB_TEST_NAMESPACE_PREFIX", "taxi-job-test")
-    name = f"{prefix}-{secrets.token_hex(3)}"
-    kubectl("apply", "-k", str(overlay(tmp_path / "overlay", name)))
-    try:
+    with own_namespace(overlay, tmp_path) as name:
         yield name
-    finally:
-        kubectl("delete", "namespace", name, "--wait=false")
-
-
-def run_job(namespace: str, job: dict[str, Any] | None = None, *, from_cronjob: str = "",
-            name: str = "", timeout_s: int = 600) -> None:  # fmt: skip
-    """Create a Job (from an object, or from a CronJob's template) and wait for it."""
-    wait_job(namespace, create_job(namespace, job, from_cronjob=from_cronjob, name=name),
-             timeout_s)  # fmt: skip
-
-
-def create_job(namespace: str, job: dict[str, Any] | None = None, *, from_cronjob: str = "",
-               name: str = "") -> str:  # fmt: skip
-    if job is not None:
-        kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
-        return str(job["metadata"]["name"])
-    kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{from_cronjob}")
-    return name
-
-
-def wait_job(namespace: str, name: str, timeout_s: int = 600) -> None:
-    """Wait until the Job completes; fail the test with its pods and logs if it fails."""
-    status: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # polling the Job's state, not timing it
-        status = json.loads(kubectl("-n", namespace, "get", "job", name, "-o", "json"))["status"]
-        done = {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
-        if "Complete" in done:
-            return
-        if "Failed" in done:
-            break
-        time.sleep(2)
-    pods = kubectl("-n", namespace, "get", "pods", "-l", f"job-name={name}", "-o", "wide")
-    logs = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "logs", "--tail=5",
-         "-l", f"job-name={name}", "--all-containers"],
-        capture_output=True, text=True, check=False,
-    ).stdout  # fmt: skip
-    pytest.fail(f"job {name} did not complete: {json.dumps(status)}\n{pods}\n{logs}")
 
 
 def one_pod_job(train: dict[str, Any], name: str, command: list[str] | None = None) -> dict:

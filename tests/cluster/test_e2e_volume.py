@@ -16,18 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from e2e import OWN_NAMESPACE_MARKS, condition, job_ended, kubectl, run_job
 from test_e2e_models import namespace  # noqa: F401 - the fixture: the repository, deployed
-from test_e2e_scale_out import IMAGE, KUBECONFIG, kubectl, run_job
 
 from job.errors import EXIT_BAD_INPUT
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.slow,
-    pytest.mark.skipif(not KUBECONFIG, reason="TAXI_JOB_TEST_KUBECONFIG names no cluster"),
-    pytest.mark.skipif(not IMAGE, reason="TAXI_JOB_TEST_IMAGE names no image on the cluster"),
-]
+pytestmark = OWN_NAMESPACE_MARKS
 
 VOLUME = "/var/lib/taxi-job"
 BIG = "yellow_tripdata_2021-04.parquet"
@@ -68,18 +62,12 @@ def infer_job(ns: str, name: str, args: list[str] | None = None,
 
 def finished(ns: str, name: str, timeout_s: float = 600) -> tuple[str, int, dict]:
     """Wait for Job ``name`` to end; its condition, its pod's exit code and summary."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # polling the Job's state, not timing it
-        job = json.loads(kubectl("-n", ns, "get", "job", name, "-o", "json"))
-        done = [c["type"] for c in job["status"].get("conditions", [])
-                if c["status"] == "True" and c["type"] in ("Complete", "Failed")]  # fmt: skip
-        if done:
-            pods = json.loads(kubectl("-n", ns, "get", "pods", "-l", f"job-name={name}",
-                                      "-o", "json"))["items"]  # fmt: skip
-            state = pods[-1]["status"]["containerStatuses"][0]["state"]["terminated"]
-            return done[0], state["exitCode"], json.loads(state.get("message") or "{}")
-        time.sleep(2)
-    pytest.fail(f"job {name} did not end in {timeout_s} s")
+    job = job_ended(ns, name, timeout_s)
+    done = "Complete" if condition(job, "Complete") else "Failed"
+    pods = json.loads(kubectl("-n", ns, "get", "pods", "-l", f"job-name={name}",
+                              "-o", "json"))["items"]  # fmt: skip
+    state = pods[-1]["status"]["containerStatuses"][0]["state"]["terminated"]
+    return done, state["exitCode"], json.loads(state.get("message") or "{}")
 
 
 def test_first_minute_overlapping_infers_and_quarantine(namespace: str) -> None:  # noqa: F811
