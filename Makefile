@@ -34,6 +34,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check job tests benchmarks
+	$(BIN)/ruff format --check job tests benchmarks
 	$(BIN)/mypy
 
 bench: install

@@ -107,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=2, help="processes side by side (2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians (3)")
-    parser.add_argument("--workdir", type=Path, default=HERE / "out",
-                        help="data and outputs; generated data is reused (benchmarks/out)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=HERE / "out",
+        help="data and outputs; generated data is reused (benchmarks/out)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     if args.shards < 2 or args.repeat < 1:

@@ -212,4 +212,3 @@ def test_current_naming_a_missing_version(tmp_path):
     (tmp_path / "CURRENT").write_text("20990101T000000Z-nothere\n")
     with pytest.raises(ModelUnavailableError, match="incomplete"):
         artifacts.load(tmp_path)
-

@@ -199,7 +199,6 @@ def test_a_file_rejected_again_under_the_same_name_keeps_both(tmp_path: Path):
     assert len(list(rejected.glob("x*.parquet.json"))) == 2
 
 
-
 def test_a_bad_input_that_cannot_be_moved_is_left_in_place(tmp_path: Path):
     """A read-only queue, or ``rejected/`` not a folder: reported each run, the rest done."""
     artifacts = trained(tmp_path)
@@ -215,6 +214,7 @@ def test_a_bad_input_that_cannot_be_moved_is_left_in_place(tmp_path: Path):
     assert bad.exists() and (artifacts / "predictions" / "z_last.parquet").is_file()
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rejected"][0]["moved_to"] is None
+
 
 def test_infer_before_any_model_waits_quietly(tmp_path: Path):
     data = good(tmp_path / "march.parquet")

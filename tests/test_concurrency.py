@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from job import artifacts, pipeline, volume
+from job import artifacts, inference, pipeline, volume
 from job.errors import InputsRejectedError
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
@@ -95,7 +95,7 @@ def two_models(tmp_path, make_trips):
         root = tmp_path / f"artifacts-{seed}"
         version = train(root, make_trips(f"train-{seed}.parquet", rows=3000, seed=seed))
         alone = tmp_path / f"alone-{seed}"
-        pipeline.infer(pipeline.InferConfig(str(data), root, alone))
+        inference.infer(inference.InferConfig(str(data), root, alone))
         expected[version] = pq.read_table(alone / data.name)["predicted_duration"].to_numpy()
         roots.append(root)
     assert len(expected) == 2
@@ -106,7 +106,7 @@ def two_models(tmp_path, make_trips):
 def assert_one_models_predictions(output: Path, expected: dict[str, np.ndarray]) -> str:
     """The published file is whole and holds one model's predictions for every input row;
     return that model's version."""
-    version = pq.read_schema(output).metadata[pipeline.META_VERSION].decode()
+    version = pq.read_schema(output).metadata[inference.META_VERSION].decode()
     assert version in expected
     table = pq.read_table(output)
     assert table["model_version"].unique().to_pylist() == [version]
@@ -139,8 +139,10 @@ def test_a_second_infer_while_the_first_is_writing_the_same_output(tmp_path, two
     frozen = False
     try:
         wait_for(
-            lambda: first.poll() is not None
-            or any(p.name.startswith(volume.TMP_PREFIX) for p in predictions.iterdir()),
+            lambda: (
+                first.poll() is not None
+                or any(p.name.startswith(volume.TMP_PREFIX) for p in predictions.iterdir())
+            ),
             "the first run to start writing",
         )
         if first.poll() is None:
@@ -225,7 +227,7 @@ def test_an_infer_racing_a_training_sees_the_old_model_or_the_new(tmp_path, make
     def predicted_alone(version: str) -> np.ndarray:
         if version not in expected:
             alone = tmp_path / f"alone-{version}"
-            pipeline.infer(pipeline.InferConfig(str(data), root, alone))
+            inference.infer(inference.InferConfig(str(data), root, alone))
             expected[version] = pq.read_table(alone / data.name)["predicted_duration"].to_numpy()
         return expected[version]
 
@@ -264,13 +266,13 @@ def test_an_input_another_run_is_predicting_is_left_to_it(one_model):
     root, incoming = one_model
     predictions = root / "predictions"
     predictions.mkdir()
-    held = volume.try_claim(predictions / "a.parquet", pipeline.CLAIM_LEASE_S)
-    summary = pipeline.infer(pipeline.InferConfig(str(incoming), root))
+    held = volume.try_claim(predictions / "a.parquet", inference.CLAIM_LEASE_S)
+    summary = inference.infer(inference.InferConfig(str(incoming), root))
     assert (summary["inputs_predicted"], summary["inputs_busy"]) == (1, 1)
     assert sorted(p.name for p in predictions.iterdir()) == [".claim-a.parquet", "b.parquet"]
     assert held is not None
     volume.release(held)
-    again = pipeline.infer(pipeline.InferConfig(str(incoming), root))
+    again = inference.infer(inference.InferConfig(str(incoming), root))
     assert (again["inputs_predicted"], again["inputs_skipped"]) == (1, 1)
     assert leftovers(predictions) == []
 
@@ -279,10 +281,10 @@ def test_a_claim_left_by_a_killed_run_is_broken_after_its_lease(one_model):
     root, incoming = one_model
     predictions = root / "predictions"
     predictions.mkdir()
-    volume.try_claim(predictions / "a.parquet", pipeline.CLAIM_LEASE_S)  # never released
-    old = time.time() - pipeline.CLAIM_LEASE_S - 60
+    volume.try_claim(predictions / "a.parquet", inference.CLAIM_LEASE_S)  # never released
+    old = time.time() - inference.CLAIM_LEASE_S - 60
     os.utime(volume.claim_path(predictions / "a.parquet"), (old, old))
-    summary = pipeline.infer(pipeline.InferConfig(str(incoming), root))
+    summary = inference.infer(inference.InferConfig(str(incoming), root))
     assert (summary["inputs_predicted"], summary["inputs_busy"]) == (2, 0)
     assert leftovers(predictions) == []
 
@@ -319,11 +321,11 @@ def test_a_bad_input_another_run_set_aside_after_our_first_look_is_not_reported_
         if target.name == "bad.parquet" and not others:
             others.append("running")
             with pytest.raises(InputsRejectedError):
-                pipeline.infer(pipeline.InferConfig(str(incoming), root))
+                inference.infer(inference.InferConfig(str(incoming), root))
         return claim(target, *args, **kwargs)
 
     monkeypatch.setattr(volume, "try_claim", the_other_run_first)
-    summary = pipeline.infer(pipeline.InferConfig(str(incoming), root))
+    summary = inference.infer(inference.InferConfig(str(incoming), root))
     assert (summary["inputs_rejected"], summary["inputs_busy"]) == (0, 1)
     assert sorted(p.name for p in (incoming.parent / "rejected").iterdir()) == [
         "bad.parquet", "bad.parquet.json"

@@ -180,7 +180,6 @@ def test_infer_predicts_a_changed_input_again(months, tmp_path, make_trips):
     assert report["rows_predicted"] == 100
 
 
-
 def test_infer_predicts_again_a_file_rewritten_in_place_with_its_old_mtime(tmp_path, months):
     """Same size, same footer (rows reordered, uncompressed), modification time put back:
     only the change time and the inode tell, and they are part of the fingerprint."""
@@ -209,6 +208,7 @@ def test_infer_predicts_again_a_file_rewritten_in_place_with_its_old_mtime(tmp_p
     assert report["inputs_predicted"] == 1
     predicted = pq.read_table(out / "predictions" / path.name)
     assert predicted["PULocationID"].to_pylist() == table["PULocationID"].to_pylist()[::-1]
+
 
 def test_empty_incoming_folder_is_nothing_to_do(months, tmp_path):
     jan, feb, _ = months
@@ -379,7 +379,7 @@ def test_a_failing_background_write_reaches_the_caller():
     """A write error on the writer thread (a full volume, say) fails the run, not silently."""
     import pyarrow as pa
 
-    from job.pipeline import BackgroundWriter
+    from job.inference import BackgroundWriter
 
     class FullDisk:
         def write_table(self, table, row_group_size):

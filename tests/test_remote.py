@@ -138,7 +138,6 @@ def test_train_and_infer_from_urls(served, make_trips, tmp_path):
     assert (out / "predictions" / "feb.parquet").is_file()
 
 
-
 def test_a_bad_file_listed_by_url_is_reported_and_left_in_place(served, make_trips, tmp_path):
     """Quarantine moves local files only: a bad one behind a URL stays, the others are done."""
     url, root = served
@@ -160,6 +159,7 @@ def test_a_bad_file_listed_by_url_is_reported_and_left_in_place(served, make_tri
     assert (summary["inputs_predicted"], summary["inputs_rejected"]) == (2, 1)
     assert summary["rejected"][0]["moved_to"] is None
     assert (root / "bad.parquet").read_text() == "not parquet"
+
 
 def test_a_missing_url_is_bad_input(served, make_trips, tmp_path):
     url, root = served

@@ -167,9 +167,7 @@ def test_shards_racing_each_other_and_their_duplicates_publish_once(year, tmp_pa
     assert_same_model(reduced, single, out, tmp_path / "one")
 
 
-def test_a_reducer_that_dies_after_publishing_does_not_publish_twice(
-    year, tmp_path, monkeypatch
-):
+def test_a_reducer_that_dies_after_publishing_does_not_publish_twice(year, tmp_path, monkeypatch):
     train, evaluation = year
     out = tmp_path / "a"
     summary(shard(train, evaluation, out, 0, 2))
@@ -213,7 +211,8 @@ def test_a_reducer_killed_between_the_version_and_current_is_finished_by_its_ret
         (out / "models" / other).mkdir()
         for name in ("model.json", "SHA256SUMS"):
             (out / "models" / other / name).write_bytes(
-                (tmp_path / "other" / "models" / other / name).read_bytes())
+                (tmp_path / "other" / "models" / other / name).read_bytes()
+            )
         registry.promote(out, other, reason="meanwhile")
         expected = other
     again = summary(shard(train, evaluation, out, 1, 2))  # the Job retries index 1
@@ -379,8 +378,9 @@ def test_sharded_inference_predicts_each_input_exactly_once(year, tmp_path, make
 
 
 def test_owner_is_stable_and_spreads_names():
-    names = [f"yellow_tripdata_{y}-{m:02d}.parquet" for y in range(2015, 2025)
-             for m in range(1, 13)]
+    names = [
+        f"yellow_tripdata_{y}-{m:02d}.parquet" for y in range(2015, 2025) for m in range(1, 13)
+    ]
     owners = [shards.owner(n, 4) for n in names]
     assert owners == [shards.owner(n, 4) for n in names]
     assert sorted(set(owners)) == [0, 1, 2, 3]

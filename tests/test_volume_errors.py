@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from trips import trips_table
 
-from job import pipeline, sample, volume
+from job import inference, pipeline, sample, volume
 from job.cli import cli
 from job.cli.options import TERMINATION_LOG_BYTES, fit_json
 from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, BadInputError, TransientError
@@ -219,9 +219,9 @@ def test_stale_temporary_predictions_are_removed_fresh_ones_kept(tmp_path, make_
     fresh = predictions / ".tmp-t.parquet.456"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"being written")
-    old = time.time() - pipeline.STALE_AFTER_S - 60
+    old = time.time() - inference.STALE_AFTER_S - 60
     os.utime(stale, (old, old))
-    pipeline.infer(pipeline.InferConfig(str(data), out))
+    inference.infer(inference.InferConfig(str(data), out))
     assert not stale.exists()
     assert fresh.exists()  # another run may still be writing it
     assert (predictions / "t.parquet").is_file()

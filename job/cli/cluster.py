@@ -74,10 +74,7 @@ def check_settings(command: str, overrides: Mapping[str, str]) -> None:
     known = settable(command)
     unknown = [name for name in overrides if name not in known]
     if unknown:
-        named = ", ".join(
-            f"{option_of(name)} ({name})"
-            for name in unknown
-        )
+        named = ", ".join(f"{option_of(name)} ({name})" for name in unknown)
         raise click.BadParameter(
             f"{command} has no setting {named}; it has: {', '.join(sorted(known.values()))}",
             ctx=click.get_current_context(silent=True),

@@ -1,4 +1,4 @@
-"""``taxi-job train`` and ``taxi-job infer``: parse, then call :mod:`job.pipeline`."""
+"""``taxi-job train`` and ``taxi-job infer``: parse, then call the domain function."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from job import mapreduce, pipeline, registry
+from job import inference, mapreduce, pipeline, registry
 from job.cli.options import (
     artifacts_option,
     common_options,
@@ -145,4 +145,4 @@ def train(**options: Any) -> dict[str, Any]:
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])
-    return pipeline.infer(pipeline.InferConfig(**options))
+    return inference.infer(inference.InferConfig(**options))

@@ -41,10 +41,16 @@ def kubeconfig(fake: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """In CI (TAXI_JOB_REQUIRE_TOOLS=1) a test marked ``cluster`` fails without a cluster,
     before any skipif of its own can skip it: CI never passes by skipping them."""
-    if (item.get_closest_marker("cluster") and require_tools()
-            and not os.environ.get("TAXI_JOB_TEST_KUBECONFIG")):
-        pytest.fail("TAXI_JOB_TEST_KUBECONFIG names no cluster (TAXI_JOB_REQUIRE_TOOLS is set: "
-                    ".ci/run starts ../shared/k8s-local)", pytrace=False)
+    if (
+        item.get_closest_marker("cluster")
+        and require_tools()
+        and not os.environ.get("TAXI_JOB_TEST_KUBECONFIG")
+    ):
+        pytest.fail(
+            "TAXI_JOB_TEST_KUBECONFIG names no cluster (TAXI_JOB_REQUIRE_TOOLS is set: "
+            ".ci/run starts ../shared/k8s-local)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +65,10 @@ def test_kubeconfig() -> str:
 
 
 @pytest.fixture(scope="session")
-def deployment(test_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory,
-               ) -> Iterator[Deployment]:
+def deployment(
+    test_kubeconfig: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
     """The project deployed once for the session: scripts/first-run.sh as it is (apply,
     seed, train, infer) with the project's kustomization, through an overlay that only puts
     it into a fresh namespace and names the image under test; then the volume-shell pod.
@@ -74,18 +82,25 @@ def deployment(test_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory,
         started = time.monotonic()
         first_run = subprocess.run(
             ["bash", str(ROOT / "scripts" / "first-run.sh"), str(overlay)],
-            env=env, capture_output=True, text=True, timeout=1500, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
         )
         deployed.first_run_output = first_run.stdout
-        print(f"first-run.sh in {deployed.namespace}: exit {first_run.returncode} after "
-              f"{time.monotonic() - started:.0f} s")
+        print(
+            f"first-run.sh in {deployed.namespace}: exit {first_run.returncode} after "
+            f"{time.monotonic() - started:.0f} s"
+        )
         if first_run.returncode != 0:
-            pytest.fail(f"scripts/first-run.sh failed (exit {first_run.returncode}):\n"
-                        f"{first_run.stdout}\n{first_run.stderr}\n{deployed.explain(None)}")
+            pytest.fail(
+                f"scripts/first-run.sh failed (exit {first_run.returncode}):\n"
+                f"{first_run.stdout}\n{first_run.stderr}\n{deployed.explain(None)}"
+            )
         deployed.apply_manifest("manifests/tools/volume-shell.yaml", "shell", create=True)
         deployed.kubectl("wait", "--for=condition=Ready", "pod/volume-shell", "--timeout=120s")
         yield deployed
     finally:
         if os.environ.get("TAXI_JOB_E2E_KEEP", "") in ("", "0"):
-            deployed.kubectl("delete", "namespace", deployed.namespace, "--wait=false",
-                             check=False)
+            deployed.kubectl("delete", "namespace", deployed.namespace, "--wait=false", check=False)

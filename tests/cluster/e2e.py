@@ -134,15 +134,22 @@ class Deployment:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": self.kubeconfig, "TAXI_JOB_NAMESPACE": self.namespace}
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [self.kubectl_path, "--kubeconfig", self.kubeconfig, "-n", self.namespace, *args],
-            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: exit {result.returncode}\n"
-                                 f"{result.stdout}{result.stderr}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)}: exit {result.returncode}\n"
+                f"{result.stdout}{result.stderr}"
+            )
         return result
 
     def taxi_job(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -150,7 +157,10 @@ class Deployment:
         exe = Path(sys.executable).with_name("taxi-job")
         return subprocess.run(
             [str(exe), *args, "--kubeconfig", self.kubeconfig, "-n", self.namespace],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
             env={k: v for k, v in self.env().items() if not k.startswith("TAXI_JOB_")},
         )
 
@@ -182,8 +192,9 @@ class Deployment:
 
     def shell(self, script: str, check: bool = True, timeout: float = 120) -> str:
         """``sh -c SCRIPT`` in the volume-shell pod (the taxi-job image: python, pyarrow)."""
-        result = self.kubectl("exec", "volume-shell", "--", "sh", "-c", script,
-                              check=check, timeout=timeout)
+        result = self.kubectl(
+            "exec", "volume-shell", "--", "sh", "-c", script, check=check, timeout=timeout
+        )
         return result.stdout
 
     def python(self, code: str) -> Any:
@@ -230,9 +241,22 @@ class Deployment:
             f"while not os.path.exists({release!r}): time.sleep(0.2)\n"
         )
         holder = subprocess.Popen(
-            [self.kubectl_path, "--kubeconfig", self.kubeconfig, "-n", self.namespace,
-             "exec", "volume-shell", "--", "python", "-c", code],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                self.kubectl_path,
+                "--kubeconfig",
+                self.kubeconfig,
+                "-n",
+                self.namespace,
+                "exec",
+                "volume-shell",
+                "--",
+                "python",
+                "-c",
+                code,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert holder.stdout is not None
@@ -265,8 +289,13 @@ class Deployment:
         parts.append("--- events:\n" + "\n".join(events.stdout.splitlines()[-15:]))
         return "\n".join(parts)
 
-    def wait_for(self, what: str, check: Callable[[], T | None], timeout: float,
-                 job: str | Callable[[], str | None] | None = None) -> T:
+    def wait_for(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout: float,
+        job: str | Callable[[], str | None] | None = None,
+    ) -> T:
         """Poll ``check`` until it returns something other than None (or False)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -283,8 +312,9 @@ class Deployment:
 
         def done() -> Obj | None:
             obj = self.get(f"job/{job}")
-            types = {c["type"] for c in obj["status"].get("conditions", [])
-                     if c["status"] == "True"}
+            types = {
+                c["type"] for c in obj["status"].get("conditions", []) if c["status"] == "True"
+            }
             return obj if types & {"Complete", "Failed"} else None
 
         return self.wait_for(f"job/{job} to finish", done, timeout, job)

@@ -96,7 +96,8 @@ class FakeCluster:
 
         def pick() -> list[Any]:
             return [
-                r for r in self.handler
+                r
+                for r in self.handler
                 if r.headers.get("User-Agent") != CONTROLLER_AGENT
                 and (method is None or r.method == method.upper())
                 and (resource is None or r.resource == resource)
@@ -126,39 +127,62 @@ def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {"name": command, "namespace": NS, "uid": uid,
-                     "labels": {"app.kubernetes.io/name": "taxi-job"}},
+        "metadata": {
+            "name": command,
+            "namespace": NS,
+            "uid": uid,
+            "labels": {"app.kubernetes.io/name": "taxi-job"},
+        },
         "spec": {
             "schedule": schedule,
             "concurrencyPolicy": "Forbid",
             "jobTemplate": {
                 "metadata": {
-                    "labels": {"app.kubernetes.io/name": "taxi-job",
-                               "app.kubernetes.io/component": command},
+                    "labels": {
+                        "app.kubernetes.io/name": "taxi-job",
+                        "app.kubernetes.io/component": command,
+                    },
                     "annotations": {"taxi-job/docs": "docs/launcher.md"},
                 },
                 "spec": {
                     "backoffLimit": 2,
                     "activeDeadlineSeconds": 3600,
-                    "podFailurePolicy": {"rules": [{
-                        "action": "FailJob",
-                        "onExitCodes": {"containerName": command, "operator": "In",
-                                        "values": [2, 3]},
-                    }]},
+                    "podFailurePolicy": {
+                        "rules": [
+                            {
+                                "action": "FailJob",
+                                "onExitCodes": {
+                                    "containerName": command,
+                                    "operator": "In",
+                                    "values": [2, 3],
+                                },
+                            }
+                        ]
+                    },
                     "template": {
-                        "metadata": {"labels": {"app.kubernetes.io/name": "taxi-job",
-                                                "app.kubernetes.io/component": command}},
+                        "metadata": {
+                            "labels": {
+                                "app.kubernetes.io/name": "taxi-job",
+                                "app.kubernetes.io/component": command,
+                            }
+                        },
                         "spec": {
                             "restartPolicy": "Never",
-                            "containers": [{
-                                "name": command,
-                                "image": "taxi-job:test",
-                                "args": [command],
-                                "envFrom": [{"configMapRef": {"name": "taxi-job-settings"}}],
-                                "env": [{"name": "TAXI_JOB_TERMINATION_LOG",
-                                         "value": "/dev/termination-log"}],
-                                "terminationMessagePolicy": "FallbackToLogsOnError",
-                            }],
+                            "containers": [
+                                {
+                                    "name": command,
+                                    "image": "taxi-job:test",
+                                    "args": [command],
+                                    "envFrom": [{"configMapRef": {"name": "taxi-job-settings"}}],
+                                    "env": [
+                                        {
+                                            "name": "TAXI_JOB_TERMINATION_LOG",
+                                            "value": "/dev/termination-log",
+                                        }
+                                    ],
+                                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                                }
+                            ],
                         },
                     },
                 },
@@ -168,16 +192,32 @@ def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict
 
 
 def make_job(
-    name: str, command: str = "train", *, trigger: str = "scheduled", state: str = "running",
-    start: str = "2025-01-05T00:00:00Z", end: str = "2025-01-05T00:02:05Z",
-    reason: str | None = None, message: str | None = None,
+    name: str,
+    command: str = "train",
+    *,
+    trigger: str = "scheduled",
+    state: str = "running",
+    start: str = "2025-01-05T00:00:00Z",
+    end: str = "2025-01-05T00:02:05Z",
+    reason: str | None = None,
+    message: str | None = None,
 ) -> dict[str, Any]:
     """A Job of the ``command`` CronJob, in the given state."""
     metadata: dict[str, Any] = {
-        "name": name, "namespace": NS, "creationTimestamp": start, "resourceVersion": "1",
+        "name": name,
+        "namespace": NS,
+        "creationTimestamp": start,
+        "resourceVersion": "1",
         "labels": {"app.kubernetes.io/component": command},
-        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": command,
-                             "uid": "uid-of-cronjob", "controller": True}],
+        "ownerReferences": [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "CronJob",
+                "name": command,
+                "uid": "uid-of-cronjob",
+                "controller": True,
+            }
+        ],
     }
     if trigger == "manual":
         metadata["annotations"] = {"cronjob.kubernetes.io/instantiate": "manual"}
@@ -185,20 +225,42 @@ def make_job(
     if state == "running":
         status["active"] = 1
     elif state == "succeeded":
-        status.update(succeeded=1, completionTime=end, conditions=[
-            {"type": "Complete", "status": "True", "lastTransitionTime": end}])
+        status.update(
+            succeeded=1,
+            completionTime=end,
+            conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": end}],
+        )
     elif state == "failed":
-        status.update(failed=1, conditions=[{
-            "type": "Failed", "status": "True", "lastTransitionTime": end,
-            "reason": reason or "BackoffLimitExceeded",
-            "message": message or "Job has reached the specified backoff limit"}])
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
-            "spec": {"template": {"spec": {"containers": []}}}, "status": status}
+        status.update(
+            failed=1,
+            conditions=[
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "lastTransitionTime": end,
+                    "reason": reason or "BackoffLimitExceeded",
+                    "message": message or "Job has reached the specified backoff limit",
+                }
+            ],
+        )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {"template": {"spec": {"containers": []}}},
+        "status": status,
+    }
 
 
 def make_pod(
-    job: str, *, phase: str = "Succeeded", message: str | None = None, exit_code: int = 0,
-    name: str | None = None, created: str = "2025-01-05T00:00:01Z", container: str = "",
+    job: str,
+    *,
+    phase: str = "Succeeded",
+    message: str | None = None,
+    exit_code: int = 0,
+    name: str | None = None,
+    created: str = "2025-01-05T00:00:01Z",
+    container: str = "",
     unschedulable: str | None = None,
 ) -> dict[str, Any]:
     """A pod of ``job`` whose container (named after the command, as in the manifests)
@@ -207,28 +269,56 @@ def make_pod(
     container = container or job.split("-")[0]
     status: dict[str, Any] = {"phase": phase}
     if unschedulable is not None:
-        status["conditions"] = [{
-            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": unschedulable, "lastTransitionTime": created}]
+        status["conditions"] = [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+                "lastTransitionTime": created,
+            }
+        ]
     if phase in ("Succeeded", "Failed"):
         terminated: dict[str, Any] = {"exitCode": exit_code}
         if message is not None:
             terminated["message"] = message
-        status["containerStatuses"] = [{
-            "name": container, "image": "taxi-job:test", "imageID": "", "ready": False,
-            "restartCount": 0, "state": {"terminated": terminated}}]
+        status["containerStatuses"] = [
+            {
+                "name": container,
+                "image": "taxi-job:test",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+        ]
     elif phase == "Running":
-        status["containerStatuses"] = [{
-            "name": container, "image": "taxi-job:test", "imageID": "", "ready": True,
-            "restartCount": 0, "state": {"running": {"startedAt": created}}}]
+        status["containerStatuses"] = [
+            {
+                "name": container,
+                "image": "taxi-job:test",
+                "imageID": "",
+                "ready": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": created}},
+            }
+        ]
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name or f"{job}-abcde", "namespace": NS,
-                     "creationTimestamp": created,
-                     "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name or f"{job}-abcde",
+            "namespace": NS,
+            "creationTimestamp": created,
+            "labels": {"job-name": job, "batch.kubernetes.io/job-name": job},
+        },
         # A sidecar first: the summary and the log are the command's container's.
-        "spec": {"containers": [{"name": "istio-proxy", "image": "proxy"},
-                                {"name": container, "image": "taxi-job:test"}]},
+        "spec": {
+            "containers": [
+                {"name": "istio-proxy", "image": "proxy"},
+                {"name": container, "image": "taxi-job:test"},
+            ]
+        },
         "status": status,
     }
 
@@ -242,9 +332,17 @@ class FakeController:
     the version it last read, after it listed the pods and reported. So the waiter sees
     every state however slow the machine is: no sleeps, no timing."""
 
-    def __init__(self, fake: FakeCluster, *, outcome: str = "succeeded",
-                 message: str | None = None, exit_code: int = 0, reason: str | None = None,
-                 failure: str | None = None, uncounted: bool = False) -> None:
+    def __init__(
+        self,
+        fake: FakeCluster,
+        *,
+        outcome: str = "succeeded",
+        message: str | None = None,
+        exit_code: int = 0,
+        reason: str | None = None,
+        failure: str | None = None,
+        uncounted: bool = False,
+    ) -> None:
         """``outcome``: ``succeeded``, ``failed``, ``hang`` (the pod runs on), or
         ``unschedulable`` (the pod stays ``Pending``, the scheduler saying ``message``).
         ``uncounted``: the pod ends a step before the Job counts it (the Job then has no
@@ -293,7 +391,8 @@ class FakeController:
             core = self.fake.controller_core
             if self.outcome == "unschedulable":
                 core.create_namespaced_pod(
-                    NS, make_pod(name, phase="Pending", unschedulable=self.message))
+                    NS, make_pod(name, phase="Pending", unschedulable=self.message)
+                )
                 self._step(name, {"active": 1, "ready": 0})
                 return
             pod = make_pod(name, phase="Running")
@@ -305,8 +404,9 @@ class FakeController:
             self._seen(version)  # ... running
             phase = "Succeeded" if self.outcome == "succeeded" else "Failed"
             ended = make_pod(name, phase=phase, message=self.message, exit_code=self.exit_code)
-            core.patch_namespaced_pod_status(pod["metadata"]["name"], NS,
-                                             {"status": ended["status"]})
+            core.patch_namespaced_pod_status(
+                pod["metadata"]["name"], NS, {"status": ended["status"]}
+            )
             if self.uncounted:
                 self._seen(self._step(name, {"active": 0, "ready": 0}))  # ... not counted yet
             final = make_job(name, state=self.outcome, reason=self.reason, message=self.failure)

@@ -27,16 +27,22 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_launch_no_wait_prints_the_job_name(fake: FakeCluster, kubeconfig: Path) -> None:
     fake.put(CRONJOBS, make_cronjob("train"))
 
-    code, out, err = run("launch", "train", "--set", "train-data=/data/2024-02.parquet",
-                         "--output-format", "json")
+    code, out, err = run(
+        "launch", "train", "--set", "train-data=/data/2024-02.parquet", "--output-format", "json"
+    )
 
     assert code == 0, err
     summary = json.loads(out.splitlines()[-1])
     [body] = fake.created_jobs()
-    assert summary == {"job": body["metadata"]["name"], "namespace": NS, "command": "train",
-                       "settings": ["TAXI_JOB_TRAIN_DATA=/data/2024-02.parquet"]}
-    assert body["metadata"]["annotations"]["taxi-job/launched-by"] == \
-        'user "tester" (context "fake")'
+    assert summary == {
+        "job": body["metadata"]["name"],
+        "namespace": NS,
+        "command": "train",
+        "settings": ["TAXI_JOB_TRAIN_DATA=/data/2024-02.parquet"],
+    }
+    assert (
+        body["metadata"]["annotations"]["taxi-job/launched-by"] == 'user "tester" (context "fake")'
+    )
 
 
 def test_launch_in_text_prints_only_the_job_name(fake: FakeCluster, kubeconfig: Path) -> None:
@@ -50,8 +56,7 @@ def test_launch_in_text_prints_only_the_job_name(fake: FakeCluster, kubeconfig: 
     assert out == body["metadata"]["name"] + "\n"
 
 
-@pytest.mark.parametrize("key", ["train-data", "TAXI_JOB_TRAIN_DATA", "eval_data",
-                                 "lock-timeout"])
+@pytest.mark.parametrize("key", ["train-data", "TAXI_JOB_TRAIN_DATA", "eval_data", "lock-timeout"])
 def test_set_takes_an_option_of_the_command_in_either_spelling(
     fake: FakeCluster, kubeconfig: Path, key: str
 ) -> None:
@@ -63,8 +68,7 @@ def test_set_takes_an_option_of_the_command_in_either_spelling(
     [body] = fake.created_jobs()
     env = body["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[-1]["value"] == "x"
-    assert env[-1]["name"] in ("TAXI_JOB_TRAIN_DATA", "TAXI_JOB_EVAL_DATA",
-                               "TAXI_JOB_LOCK_TIMEOUT")
+    assert env[-1]["name"] in ("TAXI_JOB_TRAIN_DATA", "TAXI_JOB_EVAL_DATA", "TAXI_JOB_LOCK_TIMEOUT")
 
 
 def test_set_refuses_a_key_the_command_does_not_read(fake: FakeCluster, kubeconfig: Path) -> None:
@@ -74,8 +78,10 @@ def test_set_refuses_a_key_the_command_does_not_read(fake: FakeCluster, kubeconf
 
     assert code == 2
     message = err.strip().splitlines()[-1]
-    assert message.startswith("Error: Invalid value for '--set': train has no setting "
-                              "trian-data (TAXI_JOB_TRIAN_DATA); it has: ")
+    assert message.startswith(
+        "Error: Invalid value for '--set': train has no setting "
+        "trian-data (TAXI_JOB_TRIAN_DATA); it has: "
+    )
     valid = message.split("it has: ")[1].split(", ")
     assert {"train-data", "eval-data", "artifacts", "min-duration"} <= set(valid)
     assert "input" not in valid  # infer's, not train's
@@ -83,8 +89,7 @@ def test_set_refuses_a_key_the_command_does_not_read(fake: FakeCluster, kubeconf
 
 
 def test_set_refuses_another_commands_setting(fake: FakeCluster, kubeconfig: Path) -> None:
-    code, out, err = run("launch", "infer", "--set", "input=/x", "--set",
-                         "TAXI_JOB_TRAIN_DATA=/y")
+    code, out, err = run("launch", "infer", "--set", "input=/x", "--set", "TAXI_JOB_TRAIN_DATA=/y")
 
     assert code == 2
     assert "infer has no setting train-data (TAXI_JOB_TRAIN_DATA); it has: " in err
@@ -147,8 +152,10 @@ def test_launch_wait_shows_why_the_pod_cannot_be_scheduled(
     fake: FakeCluster, kubeconfig: Path
 ) -> None:
     fake.put(CRONJOBS, make_cronjob("train"))
-    why = ("0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are "
-           "available: 1 No preemption victims found for incoming pod.")
+    why = (
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are "
+        "available: 1 No preemption victims found for incoming pod."
+    )
 
     with FakeController(fake, outcome="unschedulable", message=why):
         code, out, err = run("launch", "train", "--wait", "--timeout", "1.5")
@@ -156,23 +163,32 @@ def test_launch_wait_shows_why_the_pod_cannot_be_scheduled(
     assert code == 124
     [body] = fake.created_jobs()
     assert out == body["metadata"]["name"] + "\n"  # the name, though the wait timed out
-    assert re.search(r"train-manual-\S+: pending, \ds, pod Pending: Unschedulable: "
-                     + re.escape(why) + "$", err, re.M)
+    assert re.search(
+        r"train-manual-\S+: pending, \ds, pod Pending: Unschedulable: " + re.escape(why) + "$",
+        err,
+        re.M,
+    )
 
 
 def test_launch_wait_exits_non_zero_with_the_reason(fake: FakeCluster, kubeconfig: Path) -> None:
     fake.put(CRONJOBS, make_cronjob("infer"))
 
-    with FakeController(fake, outcome="failed", exit_code=3, reason="PodFailurePolicy",
-                        failure="Container taxi-job failed with exit code 3",
-                        message='{"error": "no model", "exit_code": 3}'):
+    with FakeController(
+        fake,
+        outcome="failed",
+        exit_code=3,
+        reason="PodFailurePolicy",
+        failure="Container taxi-job failed with exit code 3",
+        message='{"error": "no model", "exit_code": 3}',
+    ):
         code, out, err = run("launch", "infer", "--wait")
 
     assert code == 70
     assert err.splitlines()[-1].startswith("taxi-job: error: job infer-manual-")
     assert err.splitlines()[-1].endswith(
         "failed: PodFailurePolicy: Container taxi-job failed with exit code 3; "
-        "the run said: no model")
+        "the run said: no model"
+    )
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -202,8 +218,11 @@ def test_launch_infer_beside_an_active_infer_warns_in_one_line(
     [body] = fake.created_jobs()
     assert out == body["metadata"]["name"] + "\n"
     [warning] = [line for line in err.splitlines() if "WARNING" in line]
-    assert re.search(r"WARNING +starting infer while infer-29000001 \(scheduled, started "
-                     r"\d+m ago\) still active$", warning)
+    assert re.search(
+        r"WARNING +starting infer while infer-29000001 \(scheduled, started "
+        r"\d+m ago\) still active$",
+        warning,
+    )
 
 
 def test_launch_refuses_an_overlapping_train(fake: FakeCluster, kubeconfig: Path) -> None:
@@ -214,23 +233,35 @@ def test_launch_refuses_an_overlapping_train(fake: FakeCluster, kubeconfig: Path
 
     assert code == 75
     assert err.strip().startswith(
-        "taxi-job: error: refusing to start train: train-28979360 (scheduled, started")
+        "taxi-job: error: refusing to start train: train-28979360 (scheduled, started"
+    )
     assert fake.created_jobs() == []
 
 
-@pytest.mark.parametrize(("status", "code", "message"), [
-    (403, 77, 'taxi-job: error: RBAC denies "alice" to get cronjobs.batch in namespace '
-              '"taxi-job": grant it in a Role (see manifests/launcher-rbac.yaml)'),
-    (401, 77, 'the API server at http://127.0.0.1:'),
-    (500, 75, 'failed to get cronjobs.batch "train" in namespace "taxi-job" (500)'),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (
+            403,
+            77,
+            'taxi-job: error: RBAC denies "alice" to get cronjobs.batch in namespace '
+            '"taxi-job": grant it in a Role (see manifests/launcher-rbac.yaml)',
+        ),
+        (401, 77, "the API server at http://127.0.0.1:"),
+        (500, 75, 'failed to get cronjobs.batch "train" in namespace "taxi-job" (500)'),
+    ],
+)
 def test_api_refusals_are_one_line(
     fake: FakeCluster, kubeconfig: Path, status: int, code: int, message: str
 ) -> None:
-    fake.react(("get", CRONJOBS), kmock.KubernetesError(
-        status=status, reason="Nope",
-        message='cronjobs.batch "train" is forbidden: User "alice" cannot get resource',
-    ))
+    fake.react(
+        ("get", CRONJOBS),
+        kmock.KubernetesError(
+            status=status,
+            reason="Nope",
+            message='cronjobs.batch "train" is forbidden: User "alice" cannot get resource',
+        ),
+    )
 
     exit_code, out, err = run("launch", "train")
 
@@ -252,8 +283,10 @@ def test_missing_cronjob(fake: FakeCluster, kubeconfig: Path) -> None:
     code, out, err = run("launch", "infer")
 
     assert code == 69
-    assert err.strip() == ('taxi-job: error: cronjobs.batch "infer" in namespace "taxi-job" '
-                           "not found: apply the manifests first (kubectl apply -k .)")
+    assert err.strip() == (
+        'taxi-job: error: cronjobs.batch "infer" in namespace "taxi-job" '
+        "not found: apply the manifests first (kubectl apply -k .)"
+    )
 
 
 def test_unreachable_server_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,8 +302,9 @@ def test_unreachable_server_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     code, out, err = run("runs")
 
     assert code == 75
-    assert err.startswith(f"taxi-job: error: cannot reach the Kubernetes API server at "
-                          f"http://127.0.0.1:{port}")
+    assert err.startswith(
+        f"taxi-job: error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}"
+    )
     assert len(err.strip().splitlines()) == 1
 
 
@@ -303,23 +337,85 @@ def test_bad_set(fake: FakeCluster, kubeconfig: Path) -> None:
 
 @pytest.fixture
 def history(fake: FakeCluster) -> FakeCluster:
-    fake.put(JOBS, make_job("train-28969280", state="succeeded",
-                            start="2025-01-05T00:00:00Z", end="2025-01-05T00:02:05Z"))
-    fake.put(PODS, make_pod("train-28969280", message=json.dumps({
-        "model_version": "20250105T000205Z", "rmse_train": 4.1234, "rmse_eval": 4.3456,
-        "rows_read": 1000, "rows_kept": 990, "features": 60})))
-    fake.put(JOBS, make_job("infer-29000001", "infer", state="succeeded",
-                            start="2025-01-06T10:01:00Z", end="2025-01-06T10:01:09Z"))
-    fake.put(PODS, make_pod("infer-29000001", message=json.dumps({
-        "model_version": "20250105T000205Z", "inputs_predicted": 2, "inputs_skipped": 1,
-        "rows_predicted": 3456, "outputs": ["a", "b"]})))
-    fake.put(JOBS, make_job("infer-manual-20250106-100500-abcd", "infer", trigger="manual",
-                            state="failed", start="2025-01-06T10:05:00Z",
-                            end="2025-01-06T10:05:30Z"))
-    fake.put(PODS, make_pod("infer-manual-20250106-100500-abcd", phase="Failed", exit_code=1,
-                            message="Traceback (most recent call last):\nBoom: disk full"))
-    fake.put(JOBS, make_job("train-manual-20250106-110000-wxyz", trigger="manual",
-                            state="running", start="2025-01-06T11:00:00Z"))
+    fake.put(
+        JOBS,
+        make_job(
+            "train-28969280",
+            state="succeeded",
+            start="2025-01-05T00:00:00Z",
+            end="2025-01-05T00:02:05Z",
+        ),
+    )
+    fake.put(
+        PODS,
+        make_pod(
+            "train-28969280",
+            message=json.dumps(
+                {
+                    "model_version": "20250105T000205Z",
+                    "rmse_train": 4.1234,
+                    "rmse_eval": 4.3456,
+                    "rows_read": 1000,
+                    "rows_kept": 990,
+                    "features": 60,
+                }
+            ),
+        ),
+    )
+    fake.put(
+        JOBS,
+        make_job(
+            "infer-29000001",
+            "infer",
+            state="succeeded",
+            start="2025-01-06T10:01:00Z",
+            end="2025-01-06T10:01:09Z",
+        ),
+    )
+    fake.put(
+        PODS,
+        make_pod(
+            "infer-29000001",
+            message=json.dumps(
+                {
+                    "model_version": "20250105T000205Z",
+                    "inputs_predicted": 2,
+                    "inputs_skipped": 1,
+                    "rows_predicted": 3456,
+                    "outputs": ["a", "b"],
+                }
+            ),
+        ),
+    )
+    fake.put(
+        JOBS,
+        make_job(
+            "infer-manual-20250106-100500-abcd",
+            "infer",
+            trigger="manual",
+            state="failed",
+            start="2025-01-06T10:05:00Z",
+            end="2025-01-06T10:05:30Z",
+        ),
+    )
+    fake.put(
+        PODS,
+        make_pod(
+            "infer-manual-20250106-100500-abcd",
+            phase="Failed",
+            exit_code=1,
+            message="Traceback (most recent call last):\nBoom: disk full",
+        ),
+    )
+    fake.put(
+        JOBS,
+        make_job(
+            "train-manual-20250106-110000-wxyz",
+            trigger="manual",
+            state="running",
+            start="2025-01-06T11:00:00Z",
+        ),
+    )
     other = make_job("unrelated-job", state="succeeded")
     other["metadata"]["ownerReferences"] = []
     fake.put(JOBS, other)
@@ -331,17 +427,42 @@ def test_runs_text(history: FakeCluster, kubeconfig: Path) -> None:
 
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "COMMAND", "TRIGGER", "STATE", "START", "(UTC)",
-                                "DURATION", "SUMMARY"]
+    assert lines[0].split() == [
+        "NAME",
+        "COMMAND",
+        "TRIGGER",
+        "STATE",
+        "START",
+        "(UTC)",
+        "DURATION",
+        "SUMMARY",
+    ]
     names = [line.split()[0] for line in lines[1:]]
-    assert names == ["train-manual-20250106-110000-wxyz", "infer-manual-20250106-100500-abcd",
-                     "infer-29000001", "train-28969280"]
+    assert names == [
+        "train-manual-20250106-110000-wxyz",
+        "infer-manual-20250106-100500-abcd",
+        "infer-29000001",
+        "train-28969280",
+    ]
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert by_name["train-28969280"].split()[1:] == [
-        "train", "scheduled", "succeeded", "2025-01-05", "00:00", "2m05s",
-        "model", "20250105T000205Z,", "rmse", "eval", "4.346", "train", "4.123"]
+        "train",
+        "scheduled",
+        "succeeded",
+        "2025-01-05",
+        "00:00",
+        "2m05s",
+        "model",
+        "20250105T000205Z,",
+        "rmse",
+        "eval",
+        "4.346",
+        "train",
+        "4.123",
+    ]
     assert by_name["infer-29000001"].endswith(
-        " 9s         2 inputs, 3456 rows, 1 skipped (model 20250105T000205Z)")
+        " 9s         2 inputs, 3456 rows, 1 skipped (model 20250105T000205Z)"
+    )
     assert "failed (BackoffLimitExceeded)" in by_name["infer-manual-20250106-100500-abcd"]
     assert by_name["infer-manual-20250106-100500-abcd"].endswith("Boom: disk full")
     assert " manual " in by_name["train-manual-20250106-110000-wxyz"]
@@ -355,15 +476,26 @@ def test_runs_json_and_limit(history: FakeCluster, kubeconfig: Path) -> None:
     summary = json.loads(out.splitlines()[-1])
     assert summary["namespace"] == NS
     assert [r["name"] for r in summary["runs"]] == [
-        "train-manual-20250106-110000-wxyz", "infer-manual-20250106-100500-abcd",
-        "infer-29000001"]
+        "train-manual-20250106-110000-wxyz",
+        "infer-manual-20250106-100500-abcd",
+        "infer-29000001",
+    ]
     infer = summary["runs"][2]
     assert infer == {
-        "name": "infer-29000001", "command": "infer", "trigger": "scheduled",
-        "state": "succeeded", "reason": None, "start": "2025-01-06T10:01:00+00:00",
+        "name": "infer-29000001",
+        "command": "infer",
+        "trigger": "scheduled",
+        "state": "succeeded",
+        "reason": None,
+        "start": "2025-01-06T10:01:00+00:00",
         "duration_s": 9.0,
-        "summary": {"model_version": "20250105T000205Z", "inputs_predicted": 2,
-                    "inputs_skipped": 1, "rows_predicted": 3456, "outputs": ["a", "b"]},
+        "summary": {
+            "model_version": "20250105T000205Z",
+            "inputs_predicted": 2,
+            "inputs_skipped": 1,
+            "rows_predicted": 3456,
+            "outputs": ["a", "b"],
+        },
     }
     assert summary["runs"][1]["summary"] == {"message": "Boom: disk full"}
     assert summary["runs"][0]["summary"] == {}
@@ -376,15 +508,18 @@ def test_runs_empty(fake: FakeCluster, kubeconfig: Path) -> None:
 
 
 def test_the_cli_does_not_import_kubernetes_until_a_cluster_command_runs() -> None:
-    code = ("import sys, job.cli; from job.cli import cli; "
-            "assert 'kubernetes' not in sys.modules, 'kubernetes imported at start-up'")
+    code = (
+        "import sys, job.cli; from job.cli import cli; "
+        "assert 'kubernetes' not in sys.modules, 'kubernetes imported at start-up'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_launch_help_as_a_real_subprocess() -> None:
     script = Path(sys.executable).with_name("taxi-job")
-    out = subprocess.run([str(script), "launch", "--help"], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [str(script), "launch", "--help"], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert "Run train or infer now, as a Job made from its CronJob." in out.stdout
     assert "TAXI_JOB_NAMESPACE" in out.stdout

@@ -78,8 +78,9 @@ def run_named(deployment: Deployment, name: str) -> Obj:
 
 def test_first_run_trains_and_predicts_the_seeded_input(deployment: Deployment) -> None:
     summaries = first_run_summaries(deployment.first_run_output)
-    assert {"train-month", "eval-month", "incoming", "train", "infer"} <= set(summaries), \
+    assert {"train-month", "eval-month", "incoming", "train", "infer"} <= set(summaries), (
         deployment.first_run_output
+    )
     version = summaries["train"]["model_version"]
     assert summaries["train"]["rows_read"] == 100_000  # the seeded training month
     assert deployment.current_model() == version
@@ -99,8 +100,12 @@ def scheduled_infer_runs(deployment: Deployment, seen: dict[str, Obj], before: s
     for job in deployment.get_list("jobs", "-l", "app.kubernetes.io/component=infer"):
         name = job["metadata"]["name"]
         manual = job["metadata"].get("annotations", {}).get("cronjob.kubernetes.io/instantiate")
-        if name in before or name in seen or manual or not (
-                condition(job, "Complete") or condition(job, "Failed")):
+        if (
+            name in before
+            or name in seen
+            or manual
+            or not (condition(job, "Complete") or condition(job, "Failed"))
+        ):
             continue
         pods = deployment.pods_of(name)
         seen[name] = {
@@ -119,17 +124,26 @@ def test_the_infer_schedule_predicts_a_new_file_then_skips_it(deployment: Deploy
 
     def predicted() -> Obj | None:
         scheduled_infer_runs(deployment, seen, before)
-        return next((r for r in seen.values() if r["complete"] and any(
-            o.endswith("/" + new) for o in r["summary"].get("outputs", []))), None)
+        return next(
+            (
+                r
+                for r in seen.values()
+                if r["complete"]
+                and any(o.endswith("/" + new) for o in r["summary"].get("outputs", []))
+            ),
+            None,
+        )
 
-    first = deployment.wait_for(f"a scheduled infer run predicting {new}", predicted,
-                                SCHEDULE_WAIT_S)
+    first = deployment.wait_for(
+        f"a scheduled infer run predicting {new}", predicted, SCHEDULE_WAIT_S
+    )
     assert first["summary"]["inputs_predicted"] == 1
 
     def skipped() -> Obj | None:
         scheduled_infer_runs(deployment, seen, before)
-        return next((r for r in seen.values()
-                     if r["created"] > first["created"] and r["complete"]), None)
+        return next(
+            (r for r in seen.values() if r["created"] > first["created"] and r["complete"]), None
+        )
 
     second = deployment.wait_for("the next scheduled infer run", skipped, SCHEDULE_WAIT_S)
     assert second["summary"]["inputs_predicted"] == 0
@@ -141,12 +155,18 @@ def test_the_infer_schedule_predicts_a_new_file_then_skips_it(deployment: Deploy
     # Two scheduled runs finished after the first run's infer Job, and the CronJob keeps
     # one successful Job of those it controls: first-run.sh's Jobs are owned by their
     # CronJob but not controlled by it, so they are still there, for a week.
-    first_run = {j["metadata"]["name"]: j for j in deployment.get_list("jobs")
-                 if j["metadata"]["name"] in before
-                 and j["metadata"].get("annotations", {}).get(
-                     "cronjob.kubernetes.io/instantiate") == "manual"}
+    first_run = {
+        j["metadata"]["name"]: j
+        for j in deployment.get_list("jobs")
+        if j["metadata"]["name"] in before
+        and j["metadata"].get("annotations", {}).get("cronjob.kubernetes.io/instantiate")
+        == "manual"
+    }
     assert sorted(name.rsplit("-", 1)[0] for name in first_run) == [
-        "infer", "seed-sample-data", "train"]
+        "infer",
+        "seed-sample-data",
+        "train",
+    ]
     for job in first_run.values():
         (owner,) = job["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["controller"]) == ("CronJob", False)
@@ -157,8 +177,9 @@ def test_the_infer_schedule_predicts_a_new_file_then_skips_it(deployment: Deploy
 @pytest.fixture(scope="module")
 def quiet(deployment: Deployment) -> Iterator[Deployment]:
     """The infer schedule suspended: from here on only the suite's runs touch the volume."""
-    deployment.kubectl("patch", "cronjob/infer", "--type=merge", "-p",
-                       '{"spec": {"suspend": true}}')
+    deployment.kubectl(
+        "patch", "cronjob/infer", "--type=merge", "-p", '{"spec": {"suspend": true}}'
+    )
 
     def idle() -> bool:
         jobs = deployment.get_list("jobs", "-l", "app.kubernetes.io/component=infer")
@@ -177,8 +198,9 @@ def test_launch_train_from_outside_and_inside_then_runs(quiet: Deployment) -> No
     outside_job = launched_name(outside.stdout)
     # the pod's log, streamed: the training's own JSON log lines
     logged = [json.loads(line) for line in outside.stdout.splitlines() if line.startswith("{")]
-    assert any(line.get("message", "").startswith("published model") for line in logged), \
+    assert any(line.get("message", "").startswith("published model") for line in logged), (
         outside.stdout
+    )
     # the summary, as aligned `key  value` lines
     shown = dict(re.findall(r"^(\w+) +(\S.*)$", outside.stdout, re.MULTILINE))
     assert shown["state"] == "succeeded"
@@ -186,8 +208,9 @@ def test_launch_train_from_outside_and_inside_then_runs(quiet: Deployment) -> No
     assert quiet.current_model() == shown["model_version"]
 
     # From inside: the example Job, with the launcher ServiceAccount's token.
-    launcher = quiet.apply_manifest("manifests/jobs/launch-train.yaml", "launcher",
-                                    create=True)["metadata"]["name"]
+    launcher = quiet.apply_manifest("manifests/jobs/launch-train.yaml", "launcher", create=True)[
+        "metadata"
+    ]["name"]
     job = quiet.job_finished(launcher, timeout=300)
     assert condition(job, "Complete"), quiet.explain(launcher)
     (pod,) = quiet.pods_of(launcher)
@@ -198,8 +221,10 @@ def test_launch_train_from_outside_and_inside_then_runs(quiet: Deployment) -> No
     assert "published model" in log
     assert quiet.current_model() == inside["model_version"] != shown["model_version"]
 
-    for name, version in ((outside_job, shown["model_version"]),
-                          (inside["job"], inside["model_version"])):
+    for name, version in (
+        (outside_job, shown["model_version"]),
+        (inside["job"], inside["model_version"]),
+    ):
         run = run_named(quiet, name)
         assert (run["command"], run["trigger"], run["state"]) == ("train", "manual", "succeeded")
         assert run["summary"]["model_version"] == version
@@ -221,17 +246,19 @@ def test_overlap_guard_then_the_lock_makes_the_second_training_retry(quiet: Depl
     # told not to wait (lock-timeout=0).
     with quiet.holding_training_lock():
         first = launch(quiet)
-        quiet.wait_for(f"{first}'s pod to run", lambda: job_pod_running(quiet, first), 120,
-                       first)
+        quiet.wait_for(f"{first}'s pod to run", lambda: job_pod_running(quiet, first), 120, first)
 
         refused = quiet.taxi_job("launch", "train")
         assert refused.returncode == EXIT_TRANSIENT, refused.stdout + refused.stderr
         assert f"{first} (manual" in refused.stderr
 
         second = launch(quiet, "--allow-overlap", "--set", "lock-timeout=0")
-        quiet.wait_for(f"{second} to exit 75",
-                       lambda: EXIT_TRANSIENT in exit_codes(quiet.pods_of(second), "train"),
-                       120, second)
+        quiet.wait_for(
+            f"{second} to exit 75",
+            lambda: EXIT_TRANSIENT in exit_codes(quiet.pods_of(second), "train"),
+            120,
+            second,
+        )
 
     done = {name: quiet.job_finished(name) for name in (first, second)}
     for name, job in done.items():
@@ -241,10 +268,11 @@ def test_overlap_guard_then_the_lock_makes_the_second_training_retry(quiet: Depl
     pods = quiet.pods_of(second)
     assert exit_codes(pods, "train")[0] == EXIT_TRANSIENT
     assert exit_codes(pods, "train")[-1] == 0
-    assert "another training holds the lock" in quiet.kubectl(
-        "logs", pods[0]["metadata"]["name"]).stdout
-    versions = {termination_summary(quiet.pods_of(n)[-1], "train")["model_version"]
-                for n in done}
+    assert (
+        "another training holds the lock"
+        in quiet.kubectl("logs", pods[0]["metadata"]["name"]).stdout
+    )
+    versions = {termination_summary(quiet.pods_of(n)[-1], "train")["model_version"] for n in done}
     assert len(versions) == 2
     assert quiet.current_model() in versions
 
@@ -266,8 +294,10 @@ def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployme
     # a corrupt file and a good one, each written under another name and then renamed:
     # the way a file should arrive
     corrupt = f"{INCOMING}/corrupt.parquet"
-    quiet.shell(f"printf 'PAR1 not really parquet' > {INCOMING}/.c && mv {INCOMING}/.c {corrupt}"
-                f" && taxi-job sample-data --month 2021-05 --rows 300 {INCOMING}")
+    quiet.shell(
+        f"printf 'PAR1 not really parquet' > {INCOMING}/.c && mv {INCOMING}/.c {corrupt}"
+        f" && taxi-job sample-data --month 2021-05 --rows 300 {INCOMING}"
+    )
     good = "yellow_tripdata_2021-05.parquet"
     try:
         result = quiet.taxi_job("launch", "infer", "--wait", "--timeout", "300")
@@ -319,8 +349,9 @@ def test_a_training_pod_deleted_mid_run_leaves_the_model_then_publishes_once(
     # until the pod is gone: ours take a second otherwise.
     with quiet.holding_training_lock():
         name = launch(quiet)
-        pod = quiet.wait_for(f"{name}'s pod to run", lambda: job_pod_running(quiet, name),
-                             120, name)["metadata"]["name"]
+        pod = quiet.wait_for(
+            f"{name}'s pod to run", lambda: job_pod_running(quiet, name), 120, name
+        )["metadata"]["name"]
         quiet.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s")
         assert quiet.current_model() == model
 
@@ -347,10 +378,16 @@ def test_pods_ran_as_the_app_user_read_only_under_restricted(deployment: Deploym
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
     # every train and infer pod of the run so far, as the API server admitted it
-    pods = [p for p in deployment.get_list("pods", "-l", "taxi-job/data-volume=true")
-            if p["metadata"]["name"] != "volume-shell"]
+    pods = [
+        p
+        for p in deployment.get_list("pods", "-l", "taxi-job/data-volume=true")
+        if p["metadata"]["name"] != "volume-shell"
+    ]
     assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} >= {
-        "seed-sample-data", "train", "infer"}
+        "seed-sample-data",
+        "train",
+        "infer",
+    }
     for pod in pods:
         spec = pod["spec"]
         assert spec["securityContext"]["runAsUser"] == APP_UID
@@ -367,15 +404,26 @@ def test_pods_ran_as_the_app_user_read_only_under_restricted(deployment: Deploym
     owners = deployment.shell(f"stat -c '%u:%g %n' {ARTIFACTS}/CURRENT {VOLUME}/data/*.parquet")
     assert {line.split()[0] for line in owners.splitlines()} == {f"{APP_UID}:{APP_UID}"}
     assert deployment.shell("id -u").strip() == str(APP_UID)
-    refused = deployment.kubectl("exec", "volume-shell", "--", "touch", "/opt/taxi-job/x",
-                                 check=False)
+    refused = deployment.kubectl(
+        "exec", "volume-shell", "--", "touch", "/opt/taxi-job/x", check=False
+    )
     assert refused.returncode != 0
     assert "Read-only file system" in refused.stderr
 
     # the namespace refuses a pod that would run as root
     root_pod = deployment.kubectl(
-        "run", "as-root", "--image", deployment.image, "--restart=Never", "--dry-run=server",
-        "--overrides", json.dumps({"spec": {"securityContext": {"runAsUser": 0}}}),
-        "--command", "--", "id", check=False)
+        "run",
+        "as-root",
+        "--image",
+        deployment.image,
+        "--restart=Never",
+        "--dry-run=server",
+        "--overrides",
+        json.dumps({"spec": {"securityContext": {"runAsUser": 0}}}),
+        "--command",
+        "--",
+        "id",
+        check=False,
+    )
     assert root_pod.returncode != 0
     assert "violates PodSecurity" in root_pod.stderr

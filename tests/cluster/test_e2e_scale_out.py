@@ -117,8 +117,11 @@ def test_indexed_training_of_three_shards_equals_a_one_pod_training(namespace: s
 
     train = json.loads(kubectl("-n", namespace, "get", "cronjob", "train", "-o", "json"))
     run_job(namespace, one_pod_job(train, "train-one-pod"))
-    reader = one_pod_job(train, "read-models", ["python", "-c", READ_MODELS,
-                                                "/var/lib/taxi-job/artifacts", ONE_POD_ARTIFACTS])
+    reader = one_pod_job(
+        train,
+        "read-models",
+        ["python", "-c", READ_MODELS, "/var/lib/taxi-job/artifacts", ONE_POD_ARTIFACTS],
+    )
     run_job(namespace, reader, timeout_s=300)
     lines = kubectl("-n", namespace, "logs", "job/read-models").strip().splitlines()
     sharded, single = (json.loads(line) for line in lines[-2:])
@@ -187,8 +190,10 @@ def test_a_killed_reducer_pod_is_replaced_and_its_retry_publishes(namespace: str
     replacement = until(lambda: [p for p in pods_of(namespace, name, "Running") if
                                  p["metadata"]["name"] != reducer["metadata"]["name"]],
                         "the index's replacement pod")  # fmt: skip
-    assert replacement[0]["metadata"]["annotations"][
-        "batch.kubernetes.io/job-completion-index"] == index
+    assert (
+        replacement[0]["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+        == index
+    )
     no_model = "import os; print(os.path.exists('/var/lib/taxi-job/artifacts/CURRENT'))"
     assert exec_python(namespace, holder, no_model).strip() == "False"
     exec_python(namespace, holder, "open('/var/lib/taxi-job/artifacts/release', 'w')")
@@ -213,8 +218,11 @@ def test_a_killed_reducer_pod_is_replaced_and_its_retry_publishes(namespace: str
 def pods_of(namespace: str, job: str, phase: str) -> list[dict[str, Any]]:
     pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", f"job-name={job}",
                               "-o", "json"))["items"]  # fmt: skip
-    return [p for p in pods if p["status"].get("phase") == phase
-            and not p["metadata"].get("deletionTimestamp")]
+    return [
+        p
+        for p in pods
+        if p["status"].get("phase") == phase and not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> str:

@@ -44,12 +44,15 @@ class FakeBatch:
         return body
 
 
-@pytest.mark.parametrize(("pair", "expected"), [
-    ("train-data=/d/2024-02.parquet", {"TAXI_JOB_TRAIN_DATA": "/d/2024-02.parquet"}),
-    ("TAXI_JOB_TRAIN_DATA=x", {"TAXI_JOB_TRAIN_DATA": "x"}),
-    ("eval_data=a=b", {"TAXI_JOB_EVAL_DATA": "a=b"}),
-    ("input=", {"TAXI_JOB_INPUT": ""}),
-])
+@pytest.mark.parametrize(
+    ("pair", "expected"),
+    [
+        ("train-data=/d/2024-02.parquet", {"TAXI_JOB_TRAIN_DATA": "/d/2024-02.parquet"}),
+        ("TAXI_JOB_TRAIN_DATA=x", {"TAXI_JOB_TRAIN_DATA": "x"}),
+        ("eval_data=a=b", {"TAXI_JOB_EVAL_DATA": "a=b"}),
+        ("input=", {"TAXI_JOB_INPUT": ""}),
+    ],
+)
 def test_parse_settings(pair: str, expected: dict[str, str]) -> None:
     assert launcher.parse_settings([pair]) == expected
 
@@ -69,8 +72,13 @@ def test_build_job_is_typed_and_leaves_the_template_alone() -> None:
     assert isinstance(job.metadata, client.V1ObjectMeta)
     [owner] = job.metadata.owner_references
     assert isinstance(owner, client.V1OwnerReference)
-    assert (owner.kind, owner.name, owner.uid, owner.controller, owner.block_owner_deletion) \
-        == ("CronJob", "train", "uid-of-cronjob", False, None)
+    assert (owner.kind, owner.name, owner.uid, owner.controller, owner.block_owner_deletion) == (
+        "CronJob",
+        "train",
+        "uid-of-cronjob",
+        False,
+        None,
+    )
     assert job.spec.ttl_seconds_after_finished == 7 * 24 * 3600
     assert job.metadata.annotations["cronjob.kubernetes.io/instantiate"] == "manual"
     assert job.metadata.labels["taxi-job/trigger"] == "manual"
@@ -104,51 +112,69 @@ def test_launch_with_an_injected_api_refuses_overlap() -> None:
 def test_launch_ignores_finished_and_foreign_jobs() -> None:
     foreign = make_job("other", state="running")
     foreign["metadata"]["ownerReferences"] = []
-    batch = FakeBatch(make_cronjob("train"), [
-        make_job("train-1", state="succeeded"), make_job("train-0", state="failed"),
-        make_job("infer-1", "infer", state="running"), foreign,
-    ])
+    batch = FakeBatch(
+        make_cronjob("train"),
+        [
+            make_job("train-1", state="succeeded"),
+            make_job("train-0", state="failed"),
+            make_job("infer-1", "infer", state="running"),
+            foreign,
+        ],
+    )
 
     launcher.launch(batch, "taxi-job", "train")
 
     assert len(batch.created) == 1
 
 
-@pytest.mark.parametrize(("state", "expected"), [
-    ("running", "running"), ("succeeded", "succeeded"), ("failed", "failed"),
-    ("pending", "pending"),
-])
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("running", "running"),
+        ("succeeded", "succeeded"),
+        ("failed", "failed"),
+        ("pending", "pending"),
+    ],
+)
 def test_job_state(state: str, expected: str) -> None:
     assert runs.job_state(model(make_job("j", state=state), "V1Job")).state == expected
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    ({"active": 1, "ready": 0}, "pending"),  # a pod waits to be scheduled or pulled
-    ({"active": 1, "ready": 1}, "running"),
-    ({"active": 0, "ready": 0, "uncountedTerminatedPods": {"succeeded": ["uid-1"]}}, "running"),
-    ({"active": 0, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]},
-     "running"),
-    ({"active": 0, "conditions": [{"type": "FailureTarget", "status": "True"}]}, "running"),
-    ({"active": 0, "failed": 1}, "pending"),  # waits to retry
-    ({"conditions": [{"type": "Suspended", "status": "True"}]}, "suspended"),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"active": 1, "ready": 0}, "pending"),  # a pod waits to be scheduled or pulled
+        ({"active": 1, "ready": 1}, "running"),
+        ({"active": 0, "ready": 0, "uncountedTerminatedPods": {"succeeded": ["uid-1"]}}, "running"),
+        (
+            {"active": 0, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]},
+            "running",
+        ),
+        ({"active": 0, "conditions": [{"type": "FailureTarget", "status": "True"}]}, "running"),
+        ({"active": 0, "failed": 1}, "pending"),  # waits to retry
+        ({"conditions": [{"type": "Suspended", "status": "True"}]}, "suspended"),
+    ],
+)
 def test_job_state_between_the_pod_and_the_job(status: dict[str, Any], expected: str) -> None:
     job = make_job("j", state="pending")
     job["status"] = status
     assert runs.job_state(model(job, "V1Job")).state == expected
 
 
-@pytest.mark.parametrize(("state", "phases", "shown", "expected"), [
-    ("pending", [], None, "pending"),
-    ("pending", ["Pending"], None, "pending"),
-    ("pending", ["Succeeded"], "running", "running"),  # ended, not counted yet
-    ("pending", ["Succeeded"], None, "running"),
-    ("pending", [], "running", "running"),
-    ("running", [], "succeeded", "succeeded"),
-    ("succeeded", ["Succeeded"], "running", "succeeded"),
-    ("suspended", ["Running"], "running", "suspended"),
-    ("pending", [], "suspended", "pending"),  # resumed
-])
+@pytest.mark.parametrize(
+    ("state", "phases", "shown", "expected"),
+    [
+        ("pending", [], None, "pending"),
+        ("pending", ["Pending"], None, "pending"),
+        ("pending", ["Succeeded"], "running", "running"),  # ended, not counted yet
+        ("pending", ["Succeeded"], None, "running"),
+        ("pending", [], "running", "running"),
+        ("running", [], "succeeded", "succeeded"),
+        ("succeeded", ["Succeeded"], "running", "succeeded"),
+        ("suspended", ["Running"], "running", "suspended"),
+        ("pending", [], "suspended", "pending"),  # resumed
+    ],
+)
 def test_progress_state_never_goes_back(
     state: str, phases: list[str], shown: str | None, expected: str
 ) -> None:
@@ -159,8 +185,9 @@ def test_progress_state_never_goes_back(
 def test_termination_summary_tolerates_a_log_tail() -> None:
     pod = model(make_pod("train-1", message="line 1\n  File x\nValueError: bad month"), "V1Pod")
     assert runs.termination_summary(pod) == {"message": "ValueError: bad month"}
-    assert runs.termination_summary(model(make_pod("train-1", message='["a"]'), "V1Pod")) == \
-        {"message": '["a"]'}
+    assert runs.termination_summary(model(make_pod("train-1", message='["a"]'), "V1Pod")) == {
+        "message": '["a"]'
+    }
     assert runs.termination_summary(model(make_pod("train-1", phase="Running"), "V1Pod")) == {}
     assert runs.termination_summary(model(make_pod("train-1"), "V1Pod")) == {}
 
@@ -177,9 +204,15 @@ def test_run_summaries_count_in_words(command: str, summary: dict[str, Any], tex
     assert runs.describe_summary(command, summary) == text
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (None, "-"), (4.4, "4s"), (125, "2m05s"), (7322, "2h02m"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (4.4, "4s"),
+        (125, "2m05s"),
+        (7322, "2h02m"),
+    ],
+)
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert runs.format_duration(seconds) == text
 
@@ -190,16 +223,22 @@ def api_error(status: int, message: str = "") -> ApiException:
     return exc
 
 
-@pytest.mark.parametrize(("status", "cls", "text"), [
-    (403, kube.ClusterForbiddenError,
-     'RBAC denies the current credentials to list pods in namespace "ns"'),
-    (404, kube.ClusterError, 'pods in namespace "ns" not found: gone'),
-    (409, kube.ClusterError, 'pods in namespace "ns" already exists: exists'),
-    (422, kube.ClusterError, 'the API server rejected pods in namespace "ns" as invalid'),
-    (429, kube.ClusterUnavailableError, "failed to list pods"),
-    (503, kube.ClusterUnavailableError, "failed to list pods"),
-    (400, kube.ClusterError, 'cannot list pods in namespace "ns" (400)'),
-])
+@pytest.mark.parametrize(
+    ("status", "cls", "text"),
+    [
+        (
+            403,
+            kube.ClusterForbiddenError,
+            'RBAC denies the current credentials to list pods in namespace "ns"',
+        ),
+        (404, kube.ClusterError, 'pods in namespace "ns" not found: gone'),
+        (409, kube.ClusterError, 'pods in namespace "ns" already exists: exists'),
+        (422, kube.ClusterError, 'the API server rejected pods in namespace "ns" as invalid'),
+        (429, kube.ClusterUnavailableError, "failed to list pods"),
+        (503, kube.ClusterUnavailableError, "failed to list pods"),
+        (400, kube.ClusterError, 'cannot list pods in namespace "ns" (400)'),
+    ],
+)
 def test_explain(status: int, cls: type[kube.ClusterError], text: str) -> None:
     message = {404: "gone", 409: "exists"}.get(status, "nope")
     error = kube.explain(api_error(status, message), object(), "list", "pods", namespace="ns")
@@ -220,8 +259,11 @@ def test_progress_on_a_terminal_rewrites_one_line_around_the_logs(
     printer.close()
 
     assert err.getvalue() == (
-        "\r\x1b[Kj: running, 3s, pod Running" "\r\x1b[K" "j: running, 3s, pod Running"
-        "\r\x1b[Kj: succeeded, 5s, pod Succeeded" "\n"
+        "\r\x1b[Kj: running, 3s, pod Running"
+        "\r\x1b[K"
+        "j: running, 3s, pod Running"
+        "\r\x1b[Kj: succeeded, 5s, pod Succeeded"
+        "\n"
     )
     assert capsys.readouterr().out == "hello\n"
 
@@ -244,29 +286,78 @@ def test_progress_on_a_terminal_is_clipped_to_its_width() -> None:
 
     printer.progress(launcher.Progress("j", "pending", "Pending: Unschedulable: 0/3 nodes", 7))
 
-    assert err.getvalue() == "\r\x1b[K" "j: pending, 7s, pod Pending:…"
+    assert err.getvalue() == "\r\x1b[Kj: pending, 7s, pod Pending:…"
     assert len(err.getvalue()) - len("\r\x1b[K") == 29
 
 
-@pytest.mark.parametrize(("status", "phase"), [
-    ({"phase": "Running"}, "Running"),
-    ({"phase": "Pending", "containerStatuses": [{
-        "name": "train", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}, "Pending (ImagePullBackOff)"),
-    ({"phase": "Pending", "containerStatuses": [{
-        "name": "train", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"waiting": {"reason": "ContainerCreating"}}}]}, "Pending"),
-    ({"phase": "Pending", "conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-        "message": "0/1 nodes are available: 1 node(s) didn't match pod affinity rules.\n"}]},
-     "Pending: Unschedulable: 0/1 nodes are available: 1 node(s) didn't match pod affinity "
-     "rules."),
-    ({"phase": "Pending", "conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]},
-     "Pending: SchedulingGated"),
-    ({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]},
-     "Running"),
-])
+@pytest.mark.parametrize(
+    ("status", "phase"),
+    [
+        ({"phase": "Running"}, "Running"),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "train",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ImagePullBackOff"}},
+                    }
+                ],
+            },
+            "Pending (ImagePullBackOff)",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "train",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}},
+                    }
+                ],
+            },
+            "Pending",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": (
+                            "0/1 nodes are available: 1 node(s) didn't match pod affinity rules.\n"
+                        ),
+                    }
+                ],
+            },
+            "Pending: Unschedulable: 0/1 nodes are available: 1 node(s) didn't match pod affinity "
+            "rules.",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}
+                ],
+            },
+            "Pending: SchedulingGated",
+        ),
+        (
+            {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+            "Running",
+        ),
+    ],
+)
 def test_pod_phase_says_why_a_pod_waits(status: dict[str, Any], phase: str) -> None:
     pod = make_pod("train-1")
     pod["status"] = status

@@ -61,13 +61,19 @@ def test_the_role_grants_what_the_launcher_uses_and_nothing_else(
 
 
 def test_the_service_account_is_bound_to_the_role() -> None:
-    docs = {d["kind"]: d for d in yaml.safe_load_all(
-        (ROOT / "manifests/launcher-rbac.yaml").read_text())}
+    docs = {
+        d["kind"]: d
+        for d in yaml.safe_load_all((ROOT / "manifests/launcher-rbac.yaml").read_text())
+    }
     binding = docs["RoleBinding"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": docs["Role"]["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount",
-                                    "name": docs["ServiceAccount"]["metadata"]["name"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": docs["Role"]["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": docs["ServiceAccount"]["metadata"]["name"]}
+    ]
 
 
 def test_rbac_is_applied_and_the_example_job_is_not() -> None:
@@ -87,7 +93,10 @@ def test_the_example_job_launches_train_as_the_launcher_restricted() -> None:
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-        "privileged": False, "capabilities": {"drop": ["ALL"]}}
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     # The launcher cannot be told to run anything but the CLI's launch.
     assert {c.get("name") for c in pod["containers"]} == {"launcher"}

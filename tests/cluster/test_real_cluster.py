@@ -27,17 +27,46 @@ def cronjob(namespace: str, script: str, *, every_minute: bool = False) -> dict[
     suspended."""
     schedule: dict[str, Any] = (
         {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1}
-        if every_minute else {"schedule": "0 0 1 1 *", "suspend": True})
+        if every_minute
+        else {"schedule": "0 0 1 1 *", "suspend": True}
+    )
     return {
-        "apiVersion": "batch/v1", "kind": "CronJob",
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
         "metadata": {"name": "infer", "namespace": namespace},
-        "spec": {**schedule, "jobTemplate": {"spec": {
-            "backoffLimit": 0,
-            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": "infer", "operator": "In", "values": [2, 3]}}]},
-            "template": {"spec": {"restartPolicy": "Never", "containers": [{
-                "name": "infer", "image": "busybox:1.36", "command": ["sh", "-c", script],
-                "terminationMessagePolicy": "FallbackToLogsOnError"}]}}}}},
+        "spec": {
+            **schedule,
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 0,
+                    "podFailurePolicy": {
+                        "rules": [
+                            {
+                                "action": "FailJob",
+                                "onExitCodes": {
+                                    "containerName": "infer",
+                                    "operator": "In",
+                                    "values": [2, 3],
+                                },
+                            }
+                        ]
+                    },
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "infer",
+                                    "image": "busybox:1.36",
+                                    "command": ["sh", "-c", script],
+                                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                                }
+                            ],
+                        }
+                    },
+                }
+            },
+        },
     }
 
 
@@ -45,8 +74,9 @@ def cronjob(namespace: str, script: str, *, every_minute: bool = False) -> dict[
 def cluster(test_kubeconfig: str) -> Iterator[tuple[kube.Cluster, str]]:
     connected = kube.connect(test_kubeconfig)
     namespace = "taxi-job-test-" + secrets.token_hex(3)
-    connected.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=namespace)))
+    connected.core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+    )
     try:
         yield connected, namespace
     finally:
@@ -61,8 +91,15 @@ def test_launch_wait_and_runs(cluster: tuple[kube.Cluster, str]) -> None:
     progress: list[launcher.Progress] = []
 
     job = launcher.launch(connected.batch, ns, "infer", settings={"TAXI_JOB_INPUT": "x"})
-    result = launcher.wait(connected.batch, connected.core, ns, job.metadata.name,
-                           timeout=240, on_log=lines.append, on_progress=progress.append)
+    result = launcher.wait(
+        connected.batch,
+        connected.core,
+        ns,
+        job.metadata.name,
+        timeout=240,
+        on_log=lines.append,
+        on_progress=progress.append,
+    )
 
     assert result.state == "succeeded"
     # Forward only, though the pod ends a moment before the Job controller counts it.
@@ -84,8 +121,9 @@ def test_a_failing_run_reports_the_pod_failure_policy(cluster: tuple[kube.Cluste
         launcher.wait(connected.batch, connected.core, ns, job.metadata.name, timeout=240)
 
 
-def watch_jobs(cluster: kube.Cluster, ns: str, done: Callable[[dict[str, set[str]]], bool],
-               deadline_s: float) -> dict[str, set[str]]:
+def watch_jobs(
+    cluster: kube.Cluster, ns: str, done: Callable[[dict[str, set[str]]], bool], deadline_s: float
+) -> dict[str, set[str]]:
     """Follow the namespace's Jobs (a watch, no polling) until ``done`` holds for what was
     seen: the names of the Jobs ``succeeded`` and ``deleted``."""
     seen: dict[str, set[str]] = {"succeeded": set(), "deleted": set()}
@@ -94,12 +132,14 @@ def watch_jobs(cluster: kube.Cluster, ns: str, done: Callable[[dict[str, set[str
         left = end - time.monotonic()
         assert left > 0, f"gave up waiting after {deadline_s:g}s; saw {seen}"
         for event in kubernetes.watch.Watch().stream(
-                cluster.batch.list_namespaced_job, ns, timeout_seconds=max(1, int(left))):
+            cluster.batch.list_namespaced_job, ns, timeout_seconds=max(1, int(left))
+        ):
             job = event["object"]
             if event["type"] == "DELETED":
                 seen["deleted"].add(job.metadata.name)
-            elif any(c.type == "Complete" and c.status == "True"
-                     for c in (job.status.conditions or [])):
+            elif any(
+                c.type == "Complete" and c.status == "True" for c in (job.status.conditions or [])
+            ):
                 seen["succeeded"].add(job.metadata.name)
             if done(seen):
                 break
@@ -124,9 +164,16 @@ def test_a_manual_run_outlives_the_cronjobs_history_until_its_ttl(
         return {n for n in names if "-manual-" not in n}
 
     # Two scheduled runs succeed after the manual ones, and the history of one drops the first.
-    seen = watch_jobs(connected, ns, lambda seen: len(scheduled(seen["succeeded"])) >= 2
-                      and bool(scheduled(seen["deleted"])) and brief in seen["deleted"],
-                      deadline_s=240)
+    seen = watch_jobs(
+        connected,
+        ns,
+        lambda seen: (
+            len(scheduled(seen["succeeded"])) >= 2
+            and bool(scheduled(seen["deleted"]))
+            and brief in seen["deleted"]
+        ),
+        deadline_s=240,
+    )
 
     runs = {run.name: run for run in list_runs(connected.batch, connected.core, ns)}
     assert kept in runs, f"the manual run was deleted; saw {seen}"

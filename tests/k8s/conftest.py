@@ -60,7 +60,10 @@ def kustomize(directory: Path) -> str:
     kubectl = find_tool("kubectl")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

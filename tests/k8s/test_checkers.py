@@ -27,15 +27,19 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_strictly(tool: Tool, rendered_file: Path, version: str) -> None:
-    result = run(tool("kubernetes-validate"), "--strict", "--quiet",
-                 "-k", version, str(rendered_file))
+    result = run(
+        tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, str(rendered_file)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_rwx_variant_validates_strictly(
-    tool: Tool, render: Callable[[Path], str], overlay: Callable[..., Path],
-    tmp_path: Path, version: str,
+    tool: Tool,
+    render: Callable[[Path], str],
+    overlay: Callable[..., Path],
+    tmp_path: Path,
+    version: str,
 ) -> None:
     rendered = tmp_path / "rwx.yaml"
     rendered.write_text(render(overlay(components=["components/rwx"])), encoding="utf-8")
@@ -44,11 +48,21 @@ def test_rwx_variant_validates_strictly(
 
 
 def test_checkov_finds_no_failure(tool: Tool, rendered_file: Path) -> None:
-    result = run(tool("checkov"), "--framework", "kubernetes", "--file", str(rendered_file),
-                 "--output", "json", "--skip-download", "--compact")
+    result = run(
+        tool("checkov"),
+        "--framework",
+        "kubernetes",
+        "--file",
+        str(rendered_file),
+        "--output",
+        "json",
+        "--skip-download",
+        "--compact",
+    )
     report = json.loads(result.stdout)
-    failed = [(c["check_id"], c["resource"], c["check_name"])
-              for c in report["results"]["failed_checks"]]
+    failed = [
+        (c["check_id"], c["resource"], c["check_name"]) for c in report["results"]["failed_checks"]
+    ]
     assert failed == []
     assert report["summary"]["passed"] > 0
     assert report["summary"]["parsing_errors"] == 0
@@ -57,8 +71,9 @@ def test_checkov_finds_no_failure(tool: Tool, rendered_file: Path) -> None:
         assert len(check["check_result"].get("suppress_comment", "")) > 10, check["check_id"]
 
 
-def test_checkov_would_catch_a_privileged_container(tool: Tool, tmp_path: Path,
-                                                     rendered_text: str) -> None:
+def test_checkov_would_catch_a_privileged_container(
+    tool: Tool, tmp_path: Path, rendered_text: str
+) -> None:
     """The checker really reads our objects: the same manifests, made worse, fail."""
     docs = [d for d in yaml.safe_load_all(rendered_text) if d]
     for doc in docs:
@@ -67,8 +82,18 @@ def test_checkov_would_catch_a_privileged_container(tool: Tool, tmp_path: Path,
             spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     worse = tmp_path / "worse.yaml"
     worse.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
-    result = run(tool("checkov"), "--framework", "kubernetes", "--file", str(worse),
-                 "--output", "json", "--skip-download", "--compact", "--quiet")
+    result = run(
+        tool("checkov"),
+        "--framework",
+        "kubernetes",
+        "--file",
+        str(worse),
+        "--output",
+        "json",
+        "--skip-download",
+        "--compact",
+        "--quiet",
+    )
     report = json.loads(result.stdout)
     assert "CKV_K8S_20" in {c["check_id"] for c in report["results"]["failed_checks"]}
 

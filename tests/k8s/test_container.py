@@ -49,7 +49,10 @@ def image() -> str:
         missing("building the test image needs root podman and debootstrap")
     result = subprocess.run(
         ["bash", str(ROOT / ".ci" / "build-image"), TEST_IMAGE],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return TEST_IMAGE
@@ -91,9 +94,17 @@ def run_container(
         spec = pod_spec(workload)
         (container,) = [c for c in spec["containers"] if c["name"] == container_name]
         pod_context, context = spec["securityContext"], container["securityContext"]
-        command = [podman, "run", "--rm", "--network=none", "--pull=never",
-                   "--user", f"{pod_context['runAsUser']}:{pod_context['runAsGroup']}",
-                   "--group-add", str(pod_context["fsGroup"])]
+        command = [
+            podman,
+            "run",
+            "--rm",
+            "--network=none",
+            "--pull=never",
+            "--user",
+            f"{pod_context['runAsUser']}:{pod_context['runAsGroup']}",
+            "--group-add",
+            str(pod_context["fsGroup"]),
+        ]
         if context["readOnlyRootFilesystem"]:
             command += ["--read-only", "--read-only-tmpfs=false"]
         if context["allowPrivilegeEscalation"] is False:
@@ -129,10 +140,10 @@ def run_container(
         command += ["--volume", f"{termination}:{path}"]
 
         command += [image, *container["args"]]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                                check=False)
-        return Run(result.returncode, result.stdout, result.stderr,
-                   termination.read_text(encoding="utf-8"))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        return Run(
+            result.returncode, result.stdout, result.stderr, termination.read_text(encoding="utf-8")
+        )
 
     return run
 
@@ -143,19 +154,21 @@ def claim(podman_volume: Callable[[str], str]) -> Iterator[tuple[str, Path]]:
     name = podman_volume(f"taxi-job-test-{os.getpid()}")
     mountpoint = subprocess.run(
         [find_tool("podman"), "volume", "inspect", "--format", "{{.Mountpoint}}", name],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     yield name, Path(mountpoint)
 
 
 def fail_job_codes(workload: Manifest) -> set[int]:
     rules = job_spec(workload)["podFailurePolicy"]["rules"]
-    return {code for r in rules if r["action"] == "FailJob"
-            for code in r["onExitCodes"]["values"]}
+    return {code for r in rules if r["action"] == "FailJob" for code in r["onExitCodes"]["values"]}
 
 
 def test_seed_train_infer_on_one_volume(
-    run_container: Callable[..., Run], by_kind_name: Callable[[str, str], Manifest],
+    run_container: Callable[..., Run],
+    by_kind_name: Callable[[str, str], Manifest],
     claim: tuple[str, Path],
 ) -> None:
     volume, on_host = claim
@@ -193,14 +206,14 @@ def test_seed_train_infer_on_one_volume(
     assert run.returncode == EXIT_OK, run.stderr
     listed = json.loads(run.stdout.strip().splitlines()[-1])
     assert [(v["version"], v["status"], v["verified"]) for v in listed] == [
-        (current, "current", True)]
+        (current, "current", True)
+    ]
     assert run.summary()["versions"] == listed
 
     run = run_container(infer, "infer", volume)
     assert run.returncode == EXIT_OK, run.stderr
     inferred = run.summary()
-    assert (inferred["model_version"], inferred["rows_predicted"]) == (
-        current, seeded["incoming"])
+    assert (inferred["model_version"], inferred["rows_predicted"]) == (current, seeded["incoming"])
     predictions = sorted((on_host / "artifacts" / "predictions").rglob("*.parquet"))
     assert len(predictions) == 1, run.stdout + run.stderr
     table = pq.read_table(predictions[0])
@@ -231,9 +244,23 @@ print(json.dumps({
 def test_image_holds_the_locked_dependencies_and_no_build_tools(image: str) -> None:
     podman = find_tool("podman")
     result = subprocess.run(
-        [podman, "run", "--rm", "--network=none", "--pull=never", "--read-only",
-         "--entrypoint", "python3", image, "-c", PROBE],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            podman,
+            "run",
+            "--rm",
+            "--network=none",
+            "--pull=never",
+            "--read-only",
+            "--entrypoint",
+            "python3",
+            image,
+            "-c",
+            PROBE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     probe = json.loads(result.stdout)
     assert (probe["uid"], probe["gid"]) == (10001, 10001)
@@ -249,8 +276,13 @@ def test_image_holds_the_locked_dependencies_and_no_build_tools(image: str) -> N
     # nothing but the lock and the project itself
     assert set(installed) - {n.lower() for n in pinned} == {"taxi-job"}
 
-    version = subprocess.run([podman, "run", "--rm", "--pull=never", image, "--version"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+    version = subprocess.run(
+        [podman, "run", "--rm", "--pull=never", image, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert version.strip() == f"taxi-job, version {__version__}"
 
 
@@ -276,19 +308,56 @@ def test_volume_shell_copies_files_off_and_onto_the_volume(
     name = f"taxi-job-volume-shell-{os.getpid()}"
     entrypoint, *args = container["command"]
     subprocess.run(
-        [podman, "run", "--detach", "--name", name, "--network=none", "--pull=never",
-         "--user", f"{pod_context['runAsUser']}:{pod_context['runAsGroup']}",
-         "--group-add", str(pod_context["fsGroup"]),
-         "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
-         "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
-         "--volume", f"{volume}:/var/lib/taxi-job", "--entrypoint", entrypoint, image, *args],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            podman,
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network=none",
+            "--pull=never",
+            "--user",
+            f"{pod_context['runAsUser']}:{pod_context['runAsGroup']}",
+            "--group-add",
+            str(pod_context["fsGroup"]),
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--tmpfs",
+            "/tmp:rw,mode=1777",
+            "--security-opt",
+            "no-new-privileges",
+            "--cap-drop",
+            "ALL",
+            "--volume",
+            f"{volume}:/var/lib/taxi-job",
+            "--entrypoint",
+            entrypoint,
+            image,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     try:
         # kubectl cp taxi-job/volume-shell:/var/lib/taxi-job/artifacts/predictions ./out
         out = subprocess.run(
-            [podman, "exec", name, "tar", "cf", "-", "-C", "/var/lib/taxi-job/artifacts",
-             "predictions"], capture_output=True, timeout=60, check=True).stdout
+            [
+                podman,
+                "exec",
+                name,
+                "tar",
+                "cf",
+                "-",
+                "-C",
+                "/var/lib/taxi-job/artifacts",
+                "predictions",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
         with tarfile.open(fileobj=io.BytesIO(out)) as archive:
             archive.extractall(tmp_path, filter="data")
         copied = pq.read_table(tmp_path / "predictions" / "m.parquet")
@@ -301,18 +370,43 @@ def test_volume_shell_copies_files_off_and_onto_the_volume(
             info.size = 4
             archive.addfile(info, io.BytesIO(b"PAR1"))
         subprocess.run(
-            [podman, "exec", "--interactive", name, "tar", "xmf", "-", "-C",
-             "/var/lib/taxi-job/data/incoming"],
-            input=payload.getvalue(), capture_output=True, timeout=60, check=True)
+            [
+                podman,
+                "exec",
+                "--interactive",
+                name,
+                "tar",
+                "xmf",
+                "-",
+                "-C",
+                "/var/lib/taxi-job/data/incoming",
+            ],
+            input=payload.getvalue(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         # kubectl exec volume-shell -- mv .../.new.parquet .../new.parquet
         subprocess.run(
-            [podman, "exec", name, "mv", "/var/lib/taxi-job/data/incoming/.new.parquet",
-             "/var/lib/taxi-job/data/incoming/new.parquet"],
-            capture_output=True, timeout=60, check=True)
+            [
+                podman,
+                "exec",
+                name,
+                "mv",
+                "/var/lib/taxi-job/data/incoming/.new.parquet",
+                "/var/lib/taxi-job/data/incoming/new.parquet",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         moved = incoming / "new.parquet"
         assert moved.read_bytes() == b"PAR1"
         assert (moved.stat().st_uid, moved.stat().st_gid) == (
-            pod_context["runAsUser"], pod_context["fsGroup"])
+            pod_context["runAsUser"],
+            pod_context["fsGroup"],
+        )
     finally:
-        subprocess.run([podman, "rm", "--force", "--time", "0", name],
-                       capture_output=True, check=False)
+        subprocess.run(
+            [podman, "rm", "--force", "--time", "0", name], capture_output=True, check=False
+        )

@@ -59,8 +59,17 @@ def test_extras_name_the_kustomization_image_in_its_namespace(path: str) -> None
 def test_set_image_points_an_extra_at_another_build(tool: Tool, path: str) -> None:
     """The documented way to run it with the image `kustomize edit set image` chose."""
     other = "registry.example.com/taxi-job@sha256:" + "0" * 64
-    result = run(tool("kubectl"), "set", "image", "--local", "-f", path,
-                 f"{EXTRAS[path]}={other}", "-o", "yaml")
+    result = run(
+        tool("kubectl"),
+        "set",
+        "image",
+        "--local",
+        "-f",
+        path,
+        f"{EXTRAS[path]}={other}",
+        "-o",
+        "yaml",
+    )
     assert result.returncode == 0, result.stderr
     (container,) = pod_spec(yaml.safe_load(result.stdout))["containers"]
     assert container["image"] == other
@@ -80,8 +89,17 @@ def test_checkov_finds_no_failure_in_the_extras(
     together = tmp_path / "with-extras.yaml"
     texts = [rendered_text, *((ROOT / p).read_text(encoding="utf-8") for p in EXTRAS)]
     together.write_text("\n---\n".join(texts), encoding="utf-8")
-    result = run(tool("checkov"), "--framework", "kubernetes", "--file", str(together),
-                 "--output", "json", "--skip-download", "--compact")
+    result = run(
+        tool("checkov"),
+        "--framework",
+        "kubernetes",
+        "--file",
+        str(together),
+        "--output",
+        "json",
+        "--skip-download",
+        "--compact",
+    )
     report = json.loads(result.stdout)
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert failed == []
@@ -105,14 +123,16 @@ def test_extras_meet_the_restricted_standard(path: str) -> None:
     assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     container = the_container(path)
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-        "privileged": False, "capabilities": {"drop": ["ALL"]}}
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
     volumes = {v["name"]: v for v in spec["volumes"]}
     (tmp,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp]
-    assert not any(key in volume for volume in volumes.values()
-                   for key in ("hostPath", "secret"))
+    assert not any(key in volume for volume in volumes.values() for key in ("hostPath", "secret"))
 
 
 def test_volume_shell_holds_the_claim_as_the_cronjobs_do(by_kind_name: GetObject) -> None:

@@ -128,8 +128,13 @@ def test_every_workload_mounts_the_one_claim_at_the_same_path(
 
 def test_configured_paths_lie_on_the_volume(by_kind_name: GetObject) -> None:
     data = by_kind_name("ConfigMap", CONFIGMAP)["data"]
-    for key in ("TAXI_JOB_TRAIN_DATA", "TAXI_JOB_EVAL_DATA", "TAXI_JOB_ARTIFACTS",
-                "TAXI_JOB_INPUT", "TAXI_JOB_PREDICTIONS"):
+    for key in (
+        "TAXI_JOB_TRAIN_DATA",
+        "TAXI_JOB_EVAL_DATA",
+        "TAXI_JOB_ARTIFACTS",
+        "TAXI_JOB_INPUT",
+        "TAXI_JOB_PREDICTIONS",
+    ):
         assert data[key].startswith(DATA_MOUNT + "/"), key
     assert data["TAXI_JOB_TERMINATION_LOG"] == "/dev/termination-log"
 
@@ -151,9 +156,11 @@ def test_pods_on_a_readwriteonce_claim_follow_each_other(workloads: list[Manifes
 def test_labels_reach_the_pod_templates(workloads: list[Manifest]) -> None:
     for workload in workloads:
         name = workload["metadata"]["name"]
-        for labels in (workload["metadata"]["labels"],
-                       workload["spec"]["jobTemplate"]["metadata"]["labels"],
-                       job_spec(workload)["template"]["metadata"]["labels"]):
+        for labels in (
+            workload["metadata"]["labels"],
+            workload["spec"]["jobTemplate"]["metadata"]["labels"],
+            job_spec(workload)["template"]["metadata"]["labels"],
+        ):
             assert labels["app.kubernetes.io/name"] == "taxi-job"
             assert labels["app.kubernetes.io/part-of"] == "taxi-job"
             assert labels["app.kubernetes.io/component"] == name
@@ -222,8 +229,9 @@ def test_pod_failure_policy_uses_the_cli_exit_codes(by_kind_name: GetObject, nam
     assert EXIT_UNEXPECTED not in rule["onExitCodes"]["values"]
     assert spec["backoffLimit"] >= 1
     ignore = [r for r in rules if r["action"] == "Ignore"]
-    assert ignore == [{"action": "Ignore",
-                       "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    assert ignore == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
     assert spec["activeDeadlineSeconds"] > 0
 
 
@@ -282,8 +290,10 @@ def test_lock_pins_every_runtime_dependency() -> None:
     wanted = {requirement_name(d) for d in project["dependencies"]}
     wanted |= {requirement_name(d) for d in project["optional-dependencies"]["http"]}
     lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
-    pinned = {m.group(1).lower(): m.group(2)
-              for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE)}
+    pinned = {
+        m.group(1).lower(): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE)
+    }
     assert wanted <= pinned.keys(), sorted(wanted - pinned.keys())
     assert "--hash=sha256:" in lock
 

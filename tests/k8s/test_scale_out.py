@@ -59,14 +59,17 @@ def test_train_and_backlog_become_indexed_jobs_of_n_shards(variant, manifests) -
         # the base's rules kept, bad input and no model failing the index instead of the Job
         assert [r["action"] for r in base_rules] == ["FailJob", "Ignore"]
         assert [r["action"] for r in rules] == ["FailIndex", "Ignore"]
-        assert rules[0]["onExitCodes"] == {**base_rules[0]["onExitCodes"],
-                                           "values": [EXIT_BAD_INPUT, EXIT_NO_MODEL]}
+        assert rules[0]["onExitCodes"] == {
+            **base_rules[0]["onExitCodes"],
+            "values": [EXIT_BAD_INPUT, EXIT_NO_MODEL],
+        }
         assert rules[1] == base_rules[1]
     train = job_spec(get(scaled, "CronJob", "train"))
     # one failed shard fails the training: there is no model without every partial
     assert train["maxFailedIndexes"] == 0
     assert env_of(get(scaled, "CronJob", "train"))["TAXI_JOB_RUN_ID"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": JOB_NAME}}
+        "fieldRef": {"fieldPath": JOB_NAME}
+    }
     # backlog shards are independent: a bad file in one does not stop the others
     assert "maxFailedIndexes" not in job_spec(get(scaled, "CronJob", "infer-backlog"))
 
@@ -79,9 +82,11 @@ def test_the_component_only_patches_the_two_jobs(variant, manifests) -> None:
             assert get(scaled, before["kind"], before["metadata"]["name"]) == before
 
 
-@pytest.mark.parametrize("components", [["components/scale-out"],
-                                        ["components/scale-out", "components/rwx"]],
-                         ids=["alone", "with-rwx"])
+@pytest.mark.parametrize(
+    "components",
+    [["components/scale-out"], ["components/scale-out", "components/rwx"]],
+    ids=["alone", "with-rwx"],
+)
 def test_the_base_checks_hold_for_the_scaled_manifests(variant, components) -> None:
     """The same assertions as tests/k8s/test_manifests.py makes on the base."""
     scaled = variant(*components)
@@ -106,26 +111,44 @@ def test_the_base_checks_hold_for_the_scaled_manifests(variant, components) -> N
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_scaled_manifests_validate_strictly(tool, variant, render, overlay, tmp_path,
-                                            version) -> None:
+def test_scaled_manifests_validate_strictly(
+    tool, variant, render, overlay, tmp_path, version
+) -> None:
     rendered = tmp_path / "scaled.yaml"
-    rendered.write_text(render(overlay(components=["components/scale-out", "components/rwx"])),
-                        encoding="utf-8")
+    rendered.write_text(
+        render(overlay(components=["components/scale-out", "components/rwx"])), encoding="utf-8"
+    )
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, str(rendered)],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_checkov_finds_no_failure_in_the_scaled_manifests(tool, render, overlay,
-                                                          tmp_path) -> None:
+def test_checkov_finds_no_failure_in_the_scaled_manifests(tool, render, overlay, tmp_path) -> None:
     rendered = tmp_path / "scaled.yaml"
     rendered.write_text(render(overlay(components=["components/scale-out"])), encoding="utf-8")
     result = subprocess.run(
-        [tool("checkov"), "--framework", "kubernetes", "--file", str(rendered),
-         "--output", "json", "--skip-download", "--compact"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        [
+            tool("checkov"),
+            "--framework",
+            "kubernetes",
+            "--file",
+            str(rendered),
+            "--output",
+            "json",
+            "--skip-download",
+            "--compact",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
     )
     report = json.loads(result.stdout)
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]

@@ -59,18 +59,35 @@ def fake_tools(tmp_path: Path) -> Callable[..., Calls]:
     states_dir = tmp_path / "states"
     states_dir.mkdir()
 
-    def run(script: str, states: dict[str, list[str]] | None = None, code: int = 0,
-            args: tuple[str, ...] = (), stderr: list[str] | None = None, **env: str) -> Calls:
+    def run(
+        script: str,
+        states: dict[str, list[str]] | None = None,
+        code: int = 0,
+        args: tuple[str, ...] = (),
+        stderr: list[str] | None = None,
+        **env: str,
+    ) -> Calls:
         for cronjob, lines in (states or {}).items():
             (states_dir / cronjob).write_text("".join(f"{line}\n" for line in lines))
         extra = env
-        environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
-               "STATES": str(states_dir), **extra}
+        environ = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "CALLS": str(calls),
+            "STATES": str(states_dir),
+            **extra,
+        }
         environ.pop("KIND_EXPERIMENTAL_PROVIDER", None)
         if "TAXI_JOB_NAMESPACE" not in extra:
             environ.pop("TAXI_JOB_NAMESPACE", None)
-        result = subprocess.run(["bash", str(ROOT / script), *args], env=environ,
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            ["bash", str(ROOT / script), *args],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == code, result.stderr
         if stderr is not None:
             stderr.append(result.stderr)
@@ -86,14 +103,21 @@ def kustomize_image() -> str:
 
 
 def started_jobs(calls: list[list[str]]) -> list[str]:
-    return [arg.removeprefix("--from=cronjob/") for call in calls for arg in call
-            if arg.startswith("--from=cronjob/")]
+    return [
+        arg.removeprefix("--from=cronjob/")
+        for call in calls
+        for arg in call
+        if arg.startswith("--from=cronjob/")
+    ]
 
 
 def looks(calls: Calls) -> list[str]:
     """The Jobs whose conditions the script read, one entry a look."""
-    return [c[4].removeprefix("job/") for c in calls
-            if c[:2] == ["kubectl", "-n"] and c[3:4] == ["get"] and c[4].startswith("job/")]
+    return [
+        c[4].removeprefix("job/")
+        for c in calls
+        if c[:2] == ["kubectl", "-n"] and c[3:4] == ["get"] and c[4].startswith("job/")
+    ]
 
 
 def test_first_run_applies_then_seeds_trains_and_predicts(
@@ -104,8 +128,7 @@ def test_first_run_applies_then_seeds_trains_and_predicts(
     assert started_jobs(calls) == ["seed-sample-data", "train", "infer"]
     cronjobs = {m["metadata"]["name"] for m in manifests if m["kind"] == "CronJob"}
     assert set(started_jobs(calls)) <= cronjobs
-    assert [job.rsplit("-", 1)[0] for job in looks(calls)] == [
-        "seed-sample-data", "train", "infer"]
+    assert [job.rsplit("-", 1)[0] for job in looks(calls)] == ["seed-sample-data", "train", "infer"]
     assert not any("wait" in c for c in calls)  # kubectl wait hangs on a failed Job
 
 
@@ -118,16 +141,26 @@ def test_first_run_polls_until_the_job_completes(fake_tools: Callable[..., Calls
 
 
 def test_first_run_stops_at_a_failed_job_with_its_logs(fake_tools: Callable[..., Calls]) -> None:
-    calls = fake_tools("scripts/first-run.sh", code=1,
-                       states={"train": ["", "FailureTarget", "FailureTarget Failed"]})
+    calls = fake_tools(
+        "scripts/first-run.sh",
+        code=1,
+        states={"train": ["", "FailureTarget", "FailureTarget Failed"]},
+    )
 
     # train failed: no infer, and no waiting out the timeout
     assert started_jobs(calls) == ["seed-sample-data", "train"]
     (train,) = {job for job in looks(calls) if job.startswith("train-")}
     assert looks(calls).count(train) == 3
     assert calls.count(["sleep", "5"]) == 2
-    assert ["kubectl", "-n", "taxi-job", "logs", f"job/{train}", "--all-containers",
-            "--tail=20"] in calls
+    assert [
+        "kubectl",
+        "-n",
+        "taxi-job",
+        "logs",
+        f"job/{train}",
+        "--all-containers",
+        "--tail=20",
+    ] in calls
 
 
 def test_first_run_keeps_its_jobs_out_of_the_cronjob_history(
@@ -144,8 +177,11 @@ def test_first_run_keeps_its_jobs_out_of_the_cronjob_history(
     patches = [c for c in calls if c[:3] == ["kubectl", "patch", "--local"]]
     assert len(patches) == 3
     ops = yaml.safe_load(patches[0][patches[0].index("-p") + 1])
-    assert {"op": "replace", "path": "/metadata/ownerReferences/0/controller",
-            "value": False} in ops
+    assert {
+        "op": "replace",
+        "path": "/metadata/ownerReferences/0/controller",
+        "value": False,
+    } in ops
     assert {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": 604800} in ops
     assert calls.count(["kubectl", "-n", "taxi-job", "create", "-f", "-"]) == 3
 
@@ -154,8 +190,9 @@ def test_first_run_stops_when_its_job_is_deleted(fake_tools: Callable[..., Calls
     """A Job deleted before it finished (by hand, or by a controller) will never complete:
     say so at once instead of waiting out the timeout."""
     stderr: list[str] = []
-    calls = fake_tools("scripts/first-run.sh", code=1, states={"infer": ["", "GONE"]},
-                       stderr=stderr)
+    calls = fake_tools(
+        "scripts/first-run.sh", code=1, states={"infer": ["", "GONE"]}, stderr=stderr
+    )
     (infer,) = {job for job in looks(calls) if job.startswith("infer-")}
     assert looks(calls).count(infer) == 2
     assert calls.count(["sleep", "5"]) == 1
@@ -166,8 +203,9 @@ def test_first_run_takes_the_namespace_and_the_kustomization(
     fake_tools: Callable[..., Calls],
 ) -> None:
     """As the cluster suite runs it: an overlay of its own, a namespace of its own."""
-    calls = fake_tools("scripts/first-run.sh", args=("/tmp/overlay",),
-                       TAXI_JOB_NAMESPACE="taxi-job-e2e-1")
+    calls = fake_tools(
+        "scripts/first-run.sh", args=("/tmp/overlay",), TAXI_JOB_NAMESPACE="taxi-job-e2e-1"
+    )
     assert calls[0] == ["kubectl", "apply", "-k", "/tmp/overlay"]
     assert started_jobs(calls) == ["seed-sample-data", "train", "infer"]
     assert {c[2] for c in calls if c[:2] == ["kubectl", "-n"]} == {"taxi-job-e2e-1"}
@@ -176,10 +214,13 @@ def test_first_run_takes_the_namespace_and_the_kustomization(
 def test_first_run_stops_at_a_pod_the_namespace_refuses(fake_tools: Callable[..., Calls]) -> None:
     """The Job controller cannot create a pod that violates the Pod Security level, and
     would try until the timeout: the script stops at its event instead."""
-    refused = ('Error creating: pods "seed-sample-data-1-x" is forbidden: violates '
-               'PodSecurity "restricted:latest": runAsUser=0')
-    calls = fake_tools("scripts/first-run.sh", code=1, states={"seed-sample-data": [""]},
-                       REFUSED=refused)
+    refused = (
+        'Error creating: pods "seed-sample-data-1-x" is forbidden: violates '
+        'PodSecurity "restricted:latest": runAsUser=0'
+    )
+    calls = fake_tools(
+        "scripts/first-run.sh", code=1, states={"seed-sample-data": [""]}, REFUSED=refused
+    )
     assert started_jobs(calls) == ["seed-sample-data"]
     assert not calls.count(["sleep", "5"])
 
@@ -230,9 +271,14 @@ def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
         folder.mkdir(parents=True)
     (repo / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text(encoding="utf-8"))
     (repo / "kustomization.yaml").write_text(
-        (ROOT / "kustomization.yaml").read_text(encoding="utf-8"))
-    for stub in (repo / ".ci" / "setup-tools", repo / ".ci" / "build-image", bin_dir / "make",
-                 *(shared / name for name in ("up", "down", "env", "load-image"))):
+        (ROOT / "kustomization.yaml").read_text(encoding="utf-8")
+    )
+    for stub in (
+        repo / ".ci" / "setup-tools",
+        repo / ".ci" / "build-image",
+        bin_dir / "make",
+        *(shared / name for name in ("up", "down", "env", "load-image")),
+    ):
         stub.write_text(CI_STUB, encoding="utf-8")
         stub.chmod(0o755)
     calls = tmp_path / "calls"
@@ -243,10 +289,20 @@ def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
             for name in ("up", "down", "env", "load-image"):
                 (shared / name).unlink()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("TAXI_JOB_")}
-        environ.update(PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls),
-                       FAIL=env.pop("FAIL", "nothing-fails"), **env)
-        result = subprocess.run(["bash", str(repo / ".ci" / "run")], env=environ,
-                                capture_output=True, text=True, timeout=60, check=False)
+        environ.update(
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            CALLS=str(calls),
+            FAIL=env.pop("FAIL", "nothing-fails"),
+            **env,
+        )
+        result = subprocess.run(
+            ["bash", str(repo / ".ci" / "run")],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         recorded = [shlex.split(line) for line in calls.read_text().splitlines()]
         return result.returncode, recorded, result.stdout + result.stderr
 
@@ -260,13 +316,24 @@ def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
     image = f"localhost/{kustomize_image()}"
     assert code == 0, output
     assert [c[:2] for c in calls] == [
-        ["make", "install"], ["setup-tools"], ["make", "lint"], ["build-image", image],
-        ["up"], ["env"], ["load-image", image],
-        ["make", "test"], ["env", "REQUIRE=1"], ["make", "test"], ["env", "REQUIRE=1"],
-        ["down", "--purge"]]
+        ["make", "install"],
+        ["setup-tools"],
+        ["make", "lint"],
+        ["build-image", image],
+        ["up"],
+        ["env"],
+        ["load-image", image],
+        ["make", "test"],
+        ["env", "REQUIRE=1"],
+        ["make", "test"],
+        ["env", "REQUIRE=1"],
+        ["down", "--purge"],
+    ]
     tests = [c for c in calls if c[:2] == ["make", "test"]]
-    assert tests == [["make", "test", "PYTEST_ARGS=-m 'not cluster'"],
-                     ["make", "test", "PYTEST_ARGS=-m cluster"]]
+    assert tests == [
+        ["make", "test", "PYTEST_ARGS=-m 'not cluster'"],
+        ["make", "test", "PYTEST_ARGS=-m cluster"],
+    ]
     # one image for the image tests and the cluster, and the cluster's kubeconfig
     assert ["env", "REQUIRE=1", f"IMAGE={image}", "KUBECONFIG=/stub/kubeconfig"] in calls
     for name in ("tools", "image", "cluster", "unit tests", "cluster tests", "cluster down"):
@@ -275,7 +342,8 @@ def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
 
 @pytest.mark.parametrize("fail", [" up ", " load-image ", "not cluster", "-m cluster"])
 def test_ci_stops_the_cluster_whatever_failed(
-    ci_run: Callable[..., tuple[int, Calls, str]], fail: str,
+    ci_run: Callable[..., tuple[int, Calls, str]],
+    fail: str,
 ) -> None:
     code, calls, output = ci_run(FAIL=fail)
     assert code == 3, output

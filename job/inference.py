@@ -1,0 +1,337 @@
+"""``taxi-job infer``: predict the inputs of a queue with the current model, one input at a
+time: claim it, predict it whole, publish it, or set it aside when it is bad.
+
+Data flows one way: ``reading`` streams the input's columns, ``model`` predicts, ``volume``
+publishes each input's predictions whole (see ``volume`` for how runs that overlap stay out
+of each other's way).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from job import artifacts, reading, shards, volume
+from job.errors import BadInputError, InputsRejectedError, NoModelYetError, TaxiJobError
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+#: Rows per predicted row group.
+PREDICT_ROWS = 1 << 17
+#: Dictionaries where values repeat (zones, a prediction per zone pair, the version) and
+#: delta encoding for row numbers and times: a file 40% smaller, written 40% faster than
+#: with the defaults.
+WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "snappy",
+    "use_dictionary": [reading.PU, reading.DO, "predicted_duration", "model_version"],
+    "column_encoding": {"row": "DELTA_BINARY_PACKED", reading.PICKUP: "DELTA_BINARY_PACKED"},
+}
+META_VERSION = b"taxi_job.model_version"
+META_INPUT = b"taxi_job.input"
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """What ``taxi-job infer`` needs."""
+
+    input: str
+    """Trips to predict: a parquet file, a directory of them, or a glob."""
+    artifacts: Path
+    """The artifacts folder holding the current model."""
+    predictions: Path | None = None
+    """Where predictions go; ``<artifacts>/predictions`` by default."""
+    force: bool = False
+    """Predict inputs again even when the current model has predicted them already."""
+    shards: int = 1
+    """How many processes share the inputs; each input goes to one (:func:`shards.owner`)."""
+    shard_index: int = 0
+    """Which share this process predicts, from 0 to ``shards - 1``."""
+
+
+def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:
+    try:
+        meta = pq.read_schema(output).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return (
+        meta.get(META_VERSION) == version.encode()
+        and meta.get(META_INPUT) == json.dumps(fingerprint, sort_keys=True).encode()
+    )
+
+
+def _predict_file(
+    source: reading.Source,
+    parquet: pq.ParquetFile,
+    artifact: artifacts.Artifact,
+    fingerprint: dict[str, Any],
+    tmp: Path,
+) -> int:
+    """Write the predictions of one input to ``tmp``; return the number of rows."""
+    reading.check_schema(source, parquet.schema_arrow, reading.INFER_COLUMNS)
+    schema = pa.schema(
+        [
+            ("row", pa.int64()),
+            (reading.PICKUP, parquet.schema_arrow.field(reading.PICKUP).type),
+            (reading.PU, parquet.schema_arrow.field(reading.PU).type),
+            (reading.DO, parquet.schema_arrow.field(reading.DO).type),
+            ("predicted_duration", pa.float64()),
+            ("model_version", pa.dictionary(pa.int32(), pa.string())),
+        ],
+        metadata={
+            META_VERSION: artifact.version.encode(),
+            META_INPUT: json.dumps(fingerprint, sort_keys=True).encode(),
+        },
+    )
+    rows = 0
+    # From buffers: pa.array() on a Python list imports pandas when it is installed (0.2 s).
+    label = artifact.version.encode()
+    versions = pa.StringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, len(label)], np.int32).tobytes()), pa.py_buffer(label)
+    )
+    with (
+        pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as parquet_writer,
+        BackgroundWriter(parquet_writer) as writer,
+    ):
+        batches = reading.iter_batches(source, reading.INFER_COLUMNS, parquet, PREDICT_ROWS)
+        for batch in batches:
+            n = batch.pu.size
+            predicted = artifact.model.predict(batch.pu, batch.do)
+            table = pa.Table.from_arrays(
+                [
+                    reading.to_arrow(np.arange(rows, rows + n, dtype=np.int64)),
+                    batch.arrow.column(reading.PICKUP),
+                    batch.arrow.column(reading.PU),
+                    batch.arrow.column(reading.DO),
+                    reading.to_arrow(predicted),
+                    pa.DictionaryArray.from_arrays(
+                        reading.to_arrow(np.zeros(n, np.int32)), versions
+                    ),
+                ],
+                schema=schema,
+            )
+            writer.write(table)
+            rows += n
+    return rows
+
+
+class BackgroundWriter:
+    """Writes tables to a parquet writer on a thread of its own, so that encoding one batch
+    overlaps reading and predicting the next (arrow releases the GIL while it encodes).
+    At most ``depth`` tables wait; the first error is raised in the caller's thread."""
+
+    def __init__(self, writer: pq.ParquetWriter, depth: int = 2) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-writer", daemon=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:  # after an error, drain without writing
+                try:
+                    self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = exc
+
+    def write(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+
+#: A temporary prediction file older than this was left by a killed run (an infer Job's
+#: activeDeadlineSeconds is far shorter), not one still being written.
+STALE_AFTER_S = 3600
+#: A claim on an input older than this was left by a killed run: an infer Job is stopped
+#: after its activeDeadlineSeconds (600), and one input takes seconds. Until then, the
+#: input is busy for the other runs; a claim broken too early costs work twice, never a
+#: mixed file (every run writes its own temporaries).
+CLAIM_LEASE_S = 900
+#: Where a bad input of the incoming queue goes: beside the queue's folder.
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input in an ``infer`` run."""
+
+    kind: str
+    """``predicted``, ``skipped`` (done by the current model), ``busy`` (another run is at
+    it) or ``rejected`` (bad, set aside)."""
+    rows: int = 0
+    rejected: dict[str, Any] | None = None
+
+
+def infer(config: InferConfig) -> dict[str, Any]:
+    """Predict every input the current model has not predicted yet; publish each input's
+    predictions whole or not at all, and set aside the bad inputs of the incoming queue."""
+    shards.check(config.shards, config.shard_index, None, needs_run_id=False)
+    started = time.perf_counter()
+    try:
+        artifact = artifacts.load(config.artifacts)  # resolves CURRENT once for the whole run
+    except NoModelYetError as exc:
+        # A fresh install: the schedule starts before the first training. Not a failure.
+        logger.warning("%s; nothing predicted until then", exc)
+        return _infer_summary(None, [], started)
+    out_dir = config.predictions or config.artifacts / PREDICTIONS
+    sources = reading.resolve(config.input, allow_empty=True)
+    names = [s.name for s in sources]
+    clash = {n for n in names if names.count(n) > 1}
+    if clash:
+        raise BadInputError(
+            f"{config.input}: several inputs named {sorted(clash)[0]}; "
+            "predictions are named after their input"
+        )
+    sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
+    with volume.writing("predictions", out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        volume.sweep(out_dir, STALE_AFTER_S, CLAIM_LEASE_S)
+    outcomes = [
+        (out_dir / source.name, _infer_one(source, artifact, out_dir, config.force))
+        for source in sources
+    ]
+    if not sources:
+        logger.warning("%s: no input file; nothing to predict", config.input)
+    summary = _infer_summary(artifact.version, outcomes, started)
+    rejected = summary["rejected"]
+    if rejected:
+        first = rejected[0]
+        where = f"moved to {first['moved_to']}" if first["moved_to"] else "left in place"
+        more = f" (and {len(rejected) - 1} more rejected)" if len(rejected) > 1 else ""
+        raise InputsRejectedError(f"{first['error']}; {where}{more}", summary)
+    return summary
+
+
+def _infer_summary(
+    version: str | None, outcomes: list[tuple[Path, Outcome]], started: float
+) -> dict[str, Any]:
+    def count(kind: str) -> int:
+        return sum(o.kind == kind for _, o in outcomes)
+
+    return {
+        "model_version": version,
+        "inputs_predicted": count("predicted"),
+        "inputs_skipped": count("skipped"),
+        "inputs_busy": count("busy"),
+        "inputs_rejected": count("rejected"),
+        "rows_predicted": sum(o.rows for _, o in outcomes),
+        "outputs": [str(output) for output, o in outcomes if o.kind == "predicted"],
+        "rejected": [o.rejected for _, o in outcomes if o.rejected is not None],
+        "waiting_for_model": version is None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _infer_one(
+    source: reading.Source, artifact: artifacts.Artifact, out_dir: Path, force: bool
+) -> Outcome:
+    """Predict one input unless the current model has done it or another run is at it.
+    A bad input of the queue is set aside; one named by the user is raised."""
+    output = out_dir / source.name
+    problem: BadInputError | None = None
+    parquet: pq.ParquetFile | None = None
+    fingerprint: dict[str, Any] = {}
+    try:
+        parquet = reading.open_parquet(source)
+        fingerprint = reading.fingerprint(source, parquet)
+        if not force and _predicted_already(output, artifact.version, fingerprint):
+            return Outcome("skipped")
+    except BadInputError as exc:
+        if not source.listed:
+            raise
+        if not source.is_local:
+            return Outcome("rejected", rejected=_reject(source, exc, artifact.version))
+        problem = exc
+    # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
+    with volume.writing("predictions", out_dir):
+        claim = volume.try_claim(output, CLAIM_LEASE_S, model_version=artifact.version)
+    if claim is None:
+        logger.info("%s: another run is at it; left to that run", source.uri)
+        return Outcome("busy")
+    try:
+        if problem is None:
+            assert parquet is not None
+            # Another run may have published it between our first look and our claim.
+            if not force and _predicted_already(output, artifact.version, fingerprint):
+                return Outcome("skipped")
+            try:
+                with volume.writing("predictions", out_dir), volume.replacing(output) as tmp:
+                    work = functools.partial(
+                        _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
+                    )
+                    rows = reading.whole_pass(source, parquet, work)
+            except BadInputError as exc:
+                if not source.listed:
+                    raise
+                problem = exc
+            else:
+                logger.info("predicted %s", source.uri, extra={"rows": rows})
+                return Outcome("predicted", rows)
+        if not os.path.lexists(source.path):
+            # Another run set it aside (or a person removed it) after our first look.
+            logger.info("%s: gone from the queue; nothing to do", source.uri)
+            return Outcome("busy")
+        return Outcome("rejected", rejected=_reject(source, problem, artifact.version))
+    finally:
+        volume.release(claim)
+
+
+def _reject(source: reading.Source, problem: BadInputError, version: str) -> dict[str, Any]:
+    """Set a bad input of the queue aside, never deleting it: rename it (on the same
+    volume) into ``rejected/`` beside its folder, with ``<name>.json`` saying why. A URL,
+    or a file that cannot be moved (a read-only input folder, ``rejected/`` on another
+    filesystem), is left where it is: the next run reports it again."""
+    record: dict[str, Any] = {"input": source.uri, "moved_to": None, "error": str(problem)}
+    if not source.is_local:
+        logger.warning("%s; left in place (an input given by URL is not moved)", problem)
+        return record
+    path = Path(source.path)
+    folder = path.parent.parent / REJECTED
+    try:
+        with volume.writing("a rejected input", folder):
+            folder.mkdir(exist_ok=True)
+            dest = folder / path.name
+            if dest.exists():  # a file of this name was rejected before: keep both
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                dest = folder / f"{path.stem}.{stamp}-{os.urandom(3).hex()}{path.suffix}"
+            os.rename(path, dest)
+    except TaxiJobError as exc:
+        logger.warning("%s; left in place: %s", problem, exc)
+        return record
+    note = {
+        "input": source.uri,
+        "error": str(problem),
+        "rejected_at": volume.now_utc(),
+        "model_version": version,
+        "host": volume.holder(),
+    }
+    try:  # the file is set aside already: a note that cannot be written is only a warning
+        with volume.writing("a rejected input's note", folder):
+            volume.write_atomic(dest.with_name(dest.name + ".json"), json.dumps(note).encode())
+    except TaxiJobError as exc:
+        logger.warning("%s", exc)
+    logger.warning("%s; moved to %s", problem, dest)
+    return {**record, "moved_to": str(dest)}
