@@ -88,7 +88,7 @@ def _predict_file(
     bounds = quality.training_bounds(artifact.metadata)
     if bounds is not None and _has_dropoff(parquet.schema_arrow):
         columns = reading.TRAIN_COLUMNS
-    live = quality.Live()
+    live = quality.Live(bounds)
     schema = pa.schema(
         [
             ("row", pa.int64()),
@@ -117,12 +117,9 @@ def _predict_file(
         for batch in batches:
             n = batch.pu.size
             predicted = artifact.model.predict(batch.pu, batch.do)
-            if batch.dropoff_us is not None and bounds is not None:
-                duration = batch.dropoff_us - batch.pickup_us
-                keep = quality.scored(duration, batch.times_valid, bounds)
-                live.add(batch.pu, batch.do, predicted, duration, keep)
-            else:
-                live.add(batch.pu, batch.do, predicted)
+            live.add(
+                batch.pu, batch.do, predicted, batch.pickup_us, batch.dropoff_us, batch.times_valid
+            )
             table = pa.Table.from_arrays(
                 [
                     reading.to_arrow(np.arange(rows, rows + n, dtype=np.int64)),

@@ -229,12 +229,19 @@ class EvaluationRecords:
 # -- infer: the live error and drift of the inputs a run predicts ----------------------
 
 
+#: Rows scored at a time: the temporaries of a slice stay in the CPU's cache (twice as
+#: fast as whole batches of predicted rows).
+SCORE_ROWS = 1 << 14
+
+
 @dataclass
 class Live:
     """What one input (or a whole run) tells about the model: rows predicted and their
-    predicted minutes and zone mixes; on the rows with a drop-off time within the
-    training bounds, their count and squared errors."""
+    predicted minutes and zone mixes; on the rows with both times set and a duration within
+    ``bounds`` (the model's training filter, :func:`training_bounds`), their count and
+    squared errors."""
 
+    bounds: tuple[int, int] | None = None
     rows: int = 0
     predicted_sum: float = 0.0
     rows_scored: int = 0
@@ -247,19 +254,30 @@ class Live:
         pu: np.ndarray,
         do: np.ndarray,
         predicted: np.ndarray,
-        duration_us: np.ndarray | None = None,
-        keep: np.ndarray | None = None,
+        pickup_us: np.ndarray | None = None,
+        dropoff_us: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
     ) -> None:
-        """Add predicted rows; ``duration_us`` and ``keep`` (which of them to score) when the
-        input has drop-off times."""
+        """Add predicted rows; with their times (``valid``: where both are set, None when
+        all are) when the input has drop-off times, to score them."""
         self.rows += int(pu.size)
         self.predicted_sum += float(predicted.sum())
         self.pickup.add(pu)
         self.dropoff.add(do)
-        if duration_us is not None and keep is not None:
-            residual = duration_us[keep] / 60e6 - predicted[keep]
-            self.rows_scored += int(residual.size)
-            self.sse += float(residual @ residual)
+        if pickup_us is None or dropoff_us is None or self.bounds is None:
+            return
+        for start in range(0, pu.size, SCORE_ROWS):
+            part = slice(start, start + SCORE_ROWS)
+            duration = dropoff_us[part] - pickup_us[part]
+            keep = scored(duration, None if valid is None else valid[part], self.bounds)
+            residual = duration / 60e6
+            residual -= predicted[part]
+            # Zeros where a row is not scored, rather than a masked copy: a zero adds
+            # nothing to the sum of squares, exactly. (einsum, not ``@``: a BLAS dot
+            # wakes BLAS threads that spin, costing more CPU than the whole scoring.)
+            residual *= keep
+            self.rows_scored += int(np.count_nonzero(keep))
+            self.sse += float(np.einsum("i,i->", residual, residual))
 
     def merge(self, other: Live) -> None:
         self.rows += other.rows
@@ -299,7 +317,9 @@ def scored(
 ) -> np.ndarray:
     """Which rows the training filter keeps: both times set, duration within ``bounds``."""
     first, last = bounds
-    keep = (duration_us >= first) & (duration_us <= last)  # both ends inclusive
+    # One unsigned comparison for first <= d <= last (both ends inclusive): what lies below
+    # ``first`` wraps around to a huge unsigned number.
+    keep = (duration_us - first).view(np.uint64) <= np.uint64(last - first)
     if valid is not None:
         keep &= valid
     return keep
