@@ -145,7 +145,7 @@ def _aggregate_file(
         minutes = duration[keep] / 60e6
         accumulator.add(batch.pu, batch.do, minutes, keep)
         if records is not None:
-            records.add(batch.pu[keep], batch.do[keep], minutes)
+            records.add(records.model.predict(batch.pu, batch.do)[keep], minutes)
         rows_read += duration.size
         rows_kept += int(np.count_nonzero(keep))
     return accumulator, records, rows_read, rows_kept
@@ -236,7 +236,7 @@ def finish(
         "inputs": {"train": training.fingerprints, "eval": evaluation.fingerprints},
         "training_mix": quality.training_mix(training.stats),
         "training_predicted_histogram": quality.predicted_histogram(model, training.stats),
-        "evaluation_records": evaluation.records.record(),
+        "evaluation_records": evaluation.records.record(evaluation.stats),
         **(extra or {}),
     }
     gate = registry.publish_trained(

@@ -13,6 +13,7 @@ histogram's counts add up to its rows.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ from job.model import DENSE_SPAN, Model, PairStats
 #: index is infinite as soon as one new zone appears (a common choice, small enough not to
 #: matter when the zone is absent on both sides... which it never is: bins are the union).
 PSI_FLOOR = 1e-6
+
+#: Rows worked on at a time: the temporaries of a slice stay in the CPU's cache (scoring
+#: a batch of predicted rows in slices takes half the time).
+SLICE_ROWS = 1 << 14
 
 #: Predicted minutes, 1-minute bins from 0 to 60: predicted-duration histograms.
 PREDICTED_EDGES: tuple[float, ...] = tuple(float(m) for m in range(0, 61))
@@ -47,17 +52,43 @@ def bounds_us(low: float, high: float) -> tuple[int, int]:
     return first, last
 
 
-def bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+@functools.cache
+def _grid(edges: tuple[float, ...]) -> tuple[float, float] | None:
+    """``(scale, first)`` when ``edges`` are ``first * w, (first + 1) * w, ...`` for a power
+    of two ``w`` and a whole ``first``, with ``scale = 1 / w``: then ``floor(x * scale)``
+    is exact (scaling by a power of two loses nothing) and is the bin, offset by
+    ``first``. None for other edges."""
+    width = edges[1] - edges[0]
+    mantissa, _ = math.frexp(width)
+    first = edges[0] / width
+    if width <= 0 or mantissa != 0.5 or first != math.floor(first):
+        return None
+    if any(e != (first + k) * width for k, e in enumerate(edges)):
+        return None
+    return 1 / width, first
+
+
+def bins(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
     """The bin of each value, as ``np.histogram(np.clip(values, edges[0], edges[-1]), edges)``
     counts it: bins closed on the left, the last one on both sides."""
-    edge = np.asarray(edges, dtype=np.float64)
-    index: np.ndarray = np.searchsorted(edge, np.clip(values, edge[0], edge[-1]), side="right")
-    inside: np.ndarray = np.minimum(index - 1, edge.size - 2)
-    return inside
+    last = len(edges) - 2
+    grid = _grid(edges)
+    if grid is None:
+        edge = np.asarray(edges, dtype=np.float64)
+        found = np.searchsorted(edge, np.clip(values, edge[0], edge[-1]), side="right")
+        index: np.ndarray = np.minimum(found - 1, last)
+        return index
+    # Five cheap passes instead of a binary search per value (a third of the time).
+    scale, first = grid
+    scaled = values * scale if scale != 1 else values
+    cell = np.floor(scaled)
+    np.clip(cell, first, first + last, out=cell)
+    cell -= first
+    return cell.astype(np.intp)
 
 
 def histogram(
-    values: np.ndarray, edges: Sequence[float], weights: np.ndarray | None = None
+    values: np.ndarray, edges: tuple[float, ...], weights: np.ndarray | None = None
 ) -> np.ndarray:
     """Counts (or summed ``weights``) of ``values`` in the bins of ``edges``, outer bins
     open-ended."""
@@ -163,56 +194,60 @@ def predicted_histogram(model: Model, stats: PairStats) -> dict[str, Any]:
 
 @dataclass
 class EvaluationRecords:
-    """A model's errors on its evaluation rows, streamed: residual and predicted histograms,
-    the predicted-vs-actual grid, and per zone the rows, squared errors and residual sum."""
+    """A model's errors on its evaluation rows: what needs each row (the residual histogram
+    and the predicted-vs-actual grid) streamed, the rest from the rows' pair statistics
+    (:meth:`record`)."""
 
     model: Model
     rows: int = 0
     residuals: np.ndarray = field(
         default_factory=lambda: np.zeros(len(RESIDUAL_EDGES) - 1, dtype=np.int64)
     )
-    predicted: np.ndarray = field(
-        default_factory=lambda: np.zeros(len(PREDICTED_EDGES) - 1, dtype=np.int64)
-    )
     grid: np.ndarray = field(
         default_factory=lambda: np.zeros((len(GRID_EDGES) - 1, len(GRID_EDGES) - 1), dtype=np.int64)
     )
-    pickup: ZoneSums = field(default_factory=lambda: ZoneSums(width=3))
-    dropoff: ZoneSums = field(default_factory=lambda: ZoneSums(width=3))
 
-    def add(self, pu: np.ndarray, do: np.ndarray, actual: np.ndarray) -> None:
-        """Add kept rows: their zones and actual minutes."""
-        if pu.size == 0:
-            return
-        predicted = self.model.predict(pu, do)
-        residual = actual - predicted
-        self.rows += int(pu.size)
-        self.residuals += histogram(residual, RESIDUAL_EDGES)
-        self.predicted += histogram(predicted, PREDICTED_EDGES)
+    def add(self, predicted: np.ndarray, actual: np.ndarray) -> None:
+        """Add kept rows: the model's predicted and their actual minutes."""
         cells = len(GRID_EDGES) - 1
-        code = bins(predicted, GRID_EDGES) * cells + bins(actual, GRID_EDGES)
-        self.grid += np.bincount(code, minlength=cells * cells).reshape(cells, cells)
-        squared = residual * residual
-        self.pickup.add(pu, squared, residual)
-        self.dropoff.add(do, squared, residual)
+        self.rows += int(predicted.size)
+        for start in range(0, predicted.size, SLICE_ROWS):
+            part = slice(start, start + SLICE_ROWS)
+            self.residuals += np.bincount(
+                bins(actual[part] - predicted[part], RESIDUAL_EDGES),
+                minlength=len(RESIDUAL_EDGES) - 1,
+            )
+            code = bins(predicted[part], GRID_EDGES) * cells
+            code += bins(actual[part], GRID_EDGES)
+            self.grid += np.bincount(code, minlength=cells * cells).reshape(cells, cells)
 
     def merge(self, other: EvaluationRecords) -> None:
         self.rows += other.rows
         self.residuals += other.residuals
-        self.predicted += other.predicted
         self.grid += other.grid
-        self.pickup.merge(other.pickup)
-        self.dropoff.merge(other.dropoff)
 
-    def record(self) -> dict[str, Any]:
-        """The ``evaluation_records`` of a model's metadata (plain JSON)."""
-
-        def zones(sums: ZoneSums) -> dict[str, dict[str, Any]]:
-            return {
-                str(zone): {"rows": int(v[0]), "sse": float(v[1]), "residual_sum": float(v[2])}
-                for zone, v in sums.items()
+    def record(self, stats: PairStats) -> dict[str, Any]:
+        """The ``evaluation_records`` of a model's metadata (plain JSON), with ``stats`` the
+        pair statistics of the same rows. A prediction is one per zone pair, so per zone
+        the squared errors and residuals add up from the pairs' sums exactly as from the
+        rows (up to rounding): ``sse = q - 2ps + np²``, ``residual_sum = s - np``."""
+        predicted = self.model.predict(stats.pu, stats.do)
+        sse = np.maximum(stats.q - 2 * predicted * stats.s + stats.n * predicted * predicted, 0)
+        residual = stats.s - stats.n * predicted
+        zones: dict[str, dict[str, dict[str, Any]]] = {}
+        for side, ids in (("pickup", stats.pu), ("dropoff", stats.do)):
+            keys, inverse = np.unique(ids, return_inverse=True)
+            inverse = inverse.ravel()
+            sums = [np.bincount(inverse, weights=w) for w in (stats.n, sse, residual)]
+            zones[side] = {
+                str(int(zone)): {
+                    "rows": int(round(sums[0][k])),
+                    "sse": float(sums[1][k]),
+                    "residual_sum": float(sums[2][k]),
+                }
+                for k, zone in enumerate(keys)
+                if sums[0][k] > 0
             }
-
         return {
             "rows": self.rows,
             "residual_histogram": _histogram_record(self.residuals, RESIDUAL_EDGES),
@@ -221,17 +256,12 @@ class EvaluationRecords:
                 "actual_edges": list(GRID_EDGES),
                 "counts": [_counts(row) for row in self.grid],
             },
-            "zones": {"pickup": zones(self.pickup), "dropoff": zones(self.dropoff)},
-            "predicted_histogram": _histogram_record(self.predicted, PREDICTED_EDGES),
+            "zones": zones,
+            "predicted_histogram": predicted_histogram(self.model, stats),
         }
 
 
 # -- infer: the live error and drift of the inputs a run predicts ----------------------
-
-
-#: Rows scored at a time: the temporaries of a slice stay in the CPU's cache (twice as
-#: fast as whole batches of predicted rows).
-SCORE_ROWS = 1 << 14
 
 
 @dataclass
@@ -266,8 +296,8 @@ class Live:
         self.dropoff.add(do)
         if pickup_us is None or dropoff_us is None or self.bounds is None:
             return
-        for start in range(0, pu.size, SCORE_ROWS):
-            part = slice(start, start + SCORE_ROWS)
+        for start in range(0, pu.size, SLICE_ROWS):
+            part = slice(start, start + SLICE_ROWS)
             duration = dropoff_us[part] - pickup_us[part]
             keep = scored(duration, None if valid is None else valid[part], self.bounds)
             residual = duration / 60e6

@@ -347,3 +347,20 @@ def test_zone_sums_handle_ids_beyond_the_dense_table():
     assert sums.counts() == {"-7": 1, "-1": 1, "5": 2, "510": 1, "600": 2}
     got = {zone: values[1] for zone, values in sums.items()}
     assert got == {-7: 4.0, -1: 0.0, 5: 3.0, 510: 6.0, 600: 8.0}
+
+
+@pytest.mark.parametrize(
+    "edges", [quality.RESIDUAL_EDGES, quality.GRID_EDGES, quality.PREDICTED_EDGES, (0.0, 0.3, 1.0)]
+)
+def test_bins_are_numpys_on_and_next_to_every_edge(edges):
+    """The arithmetic binning of evenly spaced edges against numpy's own, where rounding
+    would show: on each edge and one float either side of it, and far outside."""
+    on = np.array(edges)
+    values = np.concatenate(
+        [on, np.nextafter(on, -np.inf), np.nextafter(on, np.inf), [-1e300, 1e300, -0.0]]
+    )
+    values = np.concatenate([values, np.random.default_rng(0).uniform(-100, 100, 10_000)])
+    clipped = np.clip(values, edges[0], edges[-1])
+    assert quality.histogram(values, edges).tolist() == np.histogram(clipped, edges)[0].tolist()
+    expected = np.searchsorted(np.array(edges), clipped, side="right") - 1
+    np.testing.assert_array_equal(quality.bins(values, edges), np.minimum(expected, len(edges) - 2))
