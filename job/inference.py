@@ -88,7 +88,7 @@ def _predict_file(
     bounds = quality.training_bounds(artifact.metadata)
     if bounds is not None and _has_dropoff(parquet.schema_arrow):
         columns = reading.TRAIN_COLUMNS
-    live = quality.Live(bounds)
+    live = quality.Live(bounds, artifact.model)
     schema = pa.schema(
         [
             ("row", pa.int64()),
@@ -116,9 +116,8 @@ def _predict_file(
         batches = reading.iter_batches(source, columns, parquet, PREDICT_ROWS)
         for batch in batches:
             n = batch.pu.size
-            predicted = artifact.model.predict(batch.pu, batch.do)
-            live.add(
-                batch.pu, batch.do, predicted, batch.pickup_us, batch.dropoff_us, batch.times_valid
+            predicted = live.predict(
+                batch.pu, batch.do, batch.pickup_us, batch.dropoff_us, batch.times_valid
             )
             table = pa.Table.from_arrays(
                 [
@@ -135,7 +134,7 @@ def _predict_file(
             )
             writer.write(table)
             rows += n
-    return live
+    return live.finish()
 
 
 def _has_dropoff(schema: pa.Schema) -> bool:

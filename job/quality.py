@@ -148,6 +148,10 @@ class ZoneSums:
         for row, w in enumerate(weights, start=1):
             self._dense[row, :size] += np.bincount(code, weights=w, minlength=size)
 
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Add row counts of the ids -1, 0, 1, ... (``counts[id + 1]``)."""
+        self._dense[0, : counts.size] += counts
+
     def merge(self, other: ZoneSums) -> None:
         self._dense += other._dense
         for key, values in other._sparse.items():
@@ -269,37 +273,72 @@ class Live:
     """What one input (or a whole run) tells about the model: rows predicted and their
     predicted minutes and zone mixes; on the rows with both times set and a duration within
     ``bounds`` (the model's training filter, :func:`training_bounds`), their count and
-    squared errors."""
+    squared errors. With a ``model``, :meth:`predict` predicts rows and adds them."""
 
     bounds: tuple[int, int] | None = None
+    model: Model | None = field(default=None, repr=False, compare=False)
     rows: int = 0
     predicted_sum: float = 0.0
     rows_scored: int = 0
     sse: float = 0.0
     pickup: ZoneSums = field(default_factory=ZoneSums)
+    """Rows per pickup zone (see :attr:`pairs`)."""
     dropoff: ZoneSums = field(default_factory=ZoneSums)
+    pairs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Rows per (pickup, drop-off) pair at ``(pu + 1) * DENSE_SPAN + (do + 1)`` not yet
+    added to :attr:`pickup` and :attr:`dropoff`: :meth:`finish` does (2 MiB each)."""
+    _table: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
-    def add(
+    def predict(
         self,
         pu: np.ndarray,
         do: np.ndarray,
-        predicted: np.ndarray,
         pickup_us: np.ndarray | None = None,
         dropoff_us: np.ndarray | None = None,
         valid: np.ndarray | None = None,
-    ) -> None:
-        """Add predicted rows; with their times (``valid``: where both are set, None when
-        all are) when the input has drop-off times, to score them."""
+    ) -> np.ndarray:
+        """The model's predictions of these rows, which are added; with their times
+        (``valid``: where both are set, None when all are) when the input has drop-off
+        times, to score them."""
+        assert self.model is not None
+        predicted: np.ndarray
+        pu1, do1 = pu + 1, do + 1
+        if pu.size and int((pu1 | do1).view(np.uint64).max()) < DENSE_SPAN:
+            # Zone ids from -1 to DENSE_SPAN - 2 (TLC's): one pair code per row both predicts
+            # (a lookup in the model's pair table) and counts the zone mixes (one bincount):
+            # half the work of predicting and counting each side.
+            if self._table is None:
+                self._table = self.model.pair_table(DENSE_SPAN)
+            code = pu1
+            code *= DENSE_SPAN
+            code += do1
+            predicted = self._table[code]
+            counts = np.bincount(code)
+            if self.pairs is None:
+                self.pairs = np.zeros(DENSE_SPAN * DENSE_SPAN, dtype=np.int64)
+            self.pairs[: counts.size] += counts
+        else:
+            predicted = self.model.predict(pu, do)
+            self.pickup.add(pu)
+            self.dropoff.add(do)
         self.rows += int(pu.size)
         self.predicted_sum += float(predicted.sum())
-        self.pickup.add(pu)
-        self.dropoff.add(do)
-        if pickup_us is None or dropoff_us is None or self.bounds is None:
-            return
-        for start in range(0, pu.size, SLICE_ROWS):
+        if pickup_us is not None and dropoff_us is not None and self.bounds is not None:
+            self._score(predicted, pickup_us, dropoff_us, valid, self.bounds)
+        return predicted
+
+    def _score(
+        self,
+        predicted: np.ndarray,
+        pickup_us: np.ndarray,
+        dropoff_us: np.ndarray,
+        valid: np.ndarray | None,
+        bounds: tuple[int, int],
+    ) -> None:
+        for start in range(0, predicted.size, SLICE_ROWS):
             part = slice(start, start + SLICE_ROWS)
             duration = dropoff_us[part] - pickup_us[part]
-            keep = scored(duration, None if valid is None else valid[part], self.bounds)
+            keep = scored(duration, None if valid is None else valid[part], bounds)
             residual = duration / 60e6
             residual -= predicted[part]
             # Zeros where a row is not scored, rather than a masked copy: a zero adds
@@ -309,11 +348,23 @@ class Live:
             self.rows_scored += int(np.count_nonzero(keep))
             self.sse += float(np.einsum("i,i->", residual, residual))
 
+    def finish(self) -> Live:
+        """Add the pair counts to the zone mixes and let the pair table go (an infer run
+        keeps each input's figures); return self."""
+        if self.pairs is not None:
+            table = self.pairs.reshape(DENSE_SPAN, DENSE_SPAN)
+            self.pickup.add_counts(table.sum(axis=1))
+            self.dropoff.add_counts(table.sum(axis=0))
+            self.pairs = None
+        self._table = None
+        return self
+
     def merge(self, other: Live) -> None:
         self.rows += other.rows
         self.predicted_sum += other.predicted_sum
         self.rows_scored += other.rows_scored
         self.sse += other.sse
+        other.finish()
         self.pickup.merge(other.pickup)
         self.dropoff.merge(other.dropoff)
 
@@ -323,6 +374,7 @@ class Live:
         mix = metadata.get("training_mix")
         pickup = dropoff = None
         if isinstance(mix, dict) and self.rows:
+            self.finish()
             pickup = psi(mix.get("pickup") or {}, self.pickup.counts())
             dropoff = psi(mix.get("dropoff") or {}, self.dropoff.counts())
         return {

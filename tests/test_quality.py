@@ -98,6 +98,14 @@ def months(make_trips, tmp_path):
         seed=4,
         folder=incoming,
     )
+    make_trips(  # zones the model never saw, all within the pair table
+        "may.parquet",
+        pu=[300, 1, None, 510, 2],
+        do=[2, 450, 3, None, 0],
+        minutes=[10.0, 20.0, 30.0, 40.0, 50.0],
+        seed=5,
+        folder=incoming,
+    )
     return jan, feb, incoming
 
 
@@ -149,9 +157,15 @@ def test_live_error_and_drift_match_an_independent_computation(months, tmp_path)
     for side, column in (("pickup", "PULocationID"), ("dropoff", "DOLocationID")):
         want = independent_psi(kept_train[column].value_counts(), rows[column].value_counts())
         assert summary[f"psi_{side}"] == pytest.approx(want, rel=1e-9, abs=0)
-    # Each record names its output, and the mean matches what was written there.
+    # Each record names its output, and the mean matches what was written there, which
+    # is the model's prediction to the last bit (from the pair table or, for ids beyond
+    # it, zone by zone).
+    model = artifacts.load(out).model
     for record in summary["input_records"]:
         written = pq.read_table(record["output"]).column("predicted_duration").to_numpy()
+        rows = zones_of(Path(record["input"]))
+        pu, do = (rows[c].astype(int).to_numpy() for c in ZONES)
+        np.testing.assert_array_equal(written, model.predict(pu, do))
         assert record["mean_predicted_duration"] == pytest.approx(written.mean(), rel=1e-12)
         mtime = Path(record["input"]).stat().st_mtime
         assert pd.Timestamp(record["input_mtime"]).timestamp() == pytest.approx(mtime, abs=1e-5)
@@ -312,7 +326,7 @@ def test_the_termination_log_drops_the_records_first(months, tmp_path):
     assert len(json.dumps(many)) > 4096
     kept = json.loads(fit_json(many))
     assert "input_records" not in kept
-    assert kept["input_records_omitted"] == 60
+    assert kept["input_records_omitted"] == 30 * len(summary["input_records"]) == 90
     # the run's own figures and its (short) lists stay whole
     for key in ("rows_scored", "rmse_live", "psi_pickup", "psi_dropoff", "outputs"):
         assert kept[key] == summary[key]
