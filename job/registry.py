@@ -169,6 +169,15 @@ def _current_or_none(root: Path) -> str | None:
 # -- versions and their status ------------------------------------------------------------
 
 
+def existing_store(root: str | os.PathLike[str]) -> Path:
+    """``root`` if it is a folder; a usage error (exit 2) naming it, else: a mistyped
+    ``--artifacts`` must not read as a store with no versions and no history."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: no such artifacts folder (check --artifacts)")
+    return root
+
+
 def check_version(root: Path, version: str) -> str:
     """``version`` if it names a published version (``current``: the current one); a usage
     error (exit 2) naming the versions there are, else."""
@@ -232,7 +241,7 @@ def _entry(
 def list_versions(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every version, newest first, with its status and scores. A version that fails its
     checksum is listed (``verified: false`` and the problem), not hidden."""
-    root = Path(root)
+    root = existing_store(root)
     current = _current_or_none(root)
     was_current = _was_current(read_history(root))
     listed = []
@@ -252,7 +261,7 @@ def list_versions(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def show(root: str | os.PathLike[str], version: str) -> dict[str, Any]:
     """A verified version's whole metadata (all but its weights), with its status."""
-    root = Path(root)
+    root = existing_store(root)
     version = check_version(root, version)
     artifact = artifacts.load(root, version)
     state = status(
@@ -353,6 +362,7 @@ def prune_locked(root: Path, keep: int) -> list[str]:
 
 def prune(root: Path, keep: int, lock_timeout: float = 0.0) -> dict[str, Any]:
     """:func:`prune_locked` under the training lock."""
+    existing_store(root)
     if not (root / artifacts.MODELS).is_dir():
         return {"pruned": [], "kept": []}
     with artifacts.training_lock(root, lock_timeout):

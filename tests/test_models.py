@@ -213,6 +213,18 @@ def test_unknown_versions_are_usage_errors(months, store):
         models(store, "show", name, code=2)
 
 
+@pytest.mark.parametrize(
+    "command", [["list"], ["history"], ["prune", "--keep", "1"], ["show"], ["show", "v1"]]
+)
+def test_a_missing_artifacts_folder_is_a_usage_error_naming_it(store, command):
+    result = run("models", *command, "--artifacts", str(store), code=2)
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"taxi-job: error: {store}: no such artifacts folder (check --artifacts)"
+    )
+    assert not store.exists()
+
+
 def test_a_tampered_version_cannot_be_promoted(months, store):
     jan, feb, _, _ = months
     old = train(store, jan, feb)["model_version"]
@@ -338,7 +350,9 @@ def test_a_cut_history_line_is_skipped(months, store, caplog):
 
 def test_list_text_and_json(months, store):
     jan, feb, _, _ = months
+    store.mkdir()
     assert models(store, "list") == []
+    assert run("models", "list", "--artifacts", str(store)).stdout.startswith("no model versions")
     first = train(store, jan, feb)["model_version"]
     text = run("models", "list", "--artifacts", str(store)).stdout
     header, row = text.splitlines()

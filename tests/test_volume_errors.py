@@ -38,27 +38,30 @@ def test_a_full_volume_is_transient():
             raise OSError(28, "No space left on device", "/vol/p.parquet")
 
 
-needs_setpriv = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+needs_a_folder_it_cannot_write = pytest.mark.skipif(
+    os.geteuid() == 0 and not shutil.which("setpriv"),
+    reason="as root, needs setpriv to run without the capability to override permissions",
 )
 
 
 @pytest.fixture
-def shared(tmp_path_factory) -> Path:
+def shared(tmp_path: Path) -> Path:
     """A folder like a volume mounted for another user: readable, but not writable, by the
-    user 65534 that :func:`as_nobody` runs commands as."""
-    root = tmp_path_factory.mktemp("shared", numbered=True)
-    root.chmod(0o755)
-    parents = [p for p in [root, *root.parents] if p != Path("/")]
-    for parent in parents:  # let the other user reach the files
-        parent.chmod(parent.stat().st_mode | 0o005)
+    commands :func:`as_other_pod` runs. It stays in the checkout's own temporary folder:
+    the commands run as the test's own user, so they reach the interpreter wherever the
+    checkout is (also under a 0700 folder)."""
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o555)
     return root
 
 
-def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``taxi-job args`` as a pod whose fsGroup does not match the volume."""
+def as_other_pod(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``taxi-job args`` as a pod whose fsGroup does not match the volume: as the
+    test's user, and as root without any capability (no ``CAP_DAC_OVERRIDE``), so that a
+    folder's mode bits decide, as they do for a pod's user."""
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"] if os.geteuid() == 0 else []
     return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", TAXI_JOB, *args],
+        [*drop, TAXI_JOB, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -73,29 +76,26 @@ def assert_permission_denied(result: subprocess.CompletedProcess[str], path: Pat
     assert "Traceback" not in result.stderr
 
 
-@needs_setpriv
-def test_a_volume_the_user_cannot_write(shared):
+@needs_a_folder_it_cannot_write
+def test_a_volume_the_user_cannot_write(shared, tmp_path):
     """As a pod whose fsGroup does not match the volume: exit 2 and the path, no traceback."""
-    data = shared / "jan.parquet"
+    data = tmp_path / "jan.parquet"
     pq.write_table(trips_table([1, 2, 3] * 10, [2, 3, 1] * 10, [5.0, 9.0, 14.0] * 10), data)
-    data.chmod(0o644)
-    artifacts_dir = shared / "artifacts"
-    artifacts_dir.mkdir(mode=0o755)  # owned by root: user 65534 cannot write
-    result = as_nobody(
+    result = as_other_pod(
         "train", "--train-data", str(data), "--eval-data", str(data),
-        "--artifacts", str(artifacts_dir),
+        "--artifacts", str(shared),
     )  # fmt: skip
-    assert_permission_denied(result, artifacts_dir / ".train.lock", "the training lock")
+    assert_permission_denied(result, shared / ".train.lock", "the training lock")
 
 
-@needs_setpriv
+@needs_a_folder_it_cannot_write
 def test_sample_data_into_a_folder_the_user_cannot_write(shared):
-    result = as_nobody("sample-data", "--month", "2021-01", "--rows", "10", str(shared))
+    result = as_other_pod("sample-data", "--month", "2021-01", "--rows", "10", str(shared))
     assert_permission_denied(result, shared, "synthetic trips")
     assert os.listdir(shared) == []
 
 
-@needs_setpriv
+@needs_a_folder_it_cannot_write
 def test_fetch_into_a_folder_the_user_cannot_write(shared, tmp_path):
     served = tmp_path / "www"
     served.mkdir()
@@ -104,7 +104,7 @@ def test_fetch_into_a_folder_the_user_cannot_write(shared, tmp_path):
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = as_nobody("fetch", "--month", "2021-01", "--base-url", url, str(shared))
+        result = as_other_pod("fetch", "--month", "2021-01", "--base-url", url, str(shared))
         server.shutdown()
     assert_permission_denied(result, shared, "the downloaded month")
     assert os.listdir(shared) == []

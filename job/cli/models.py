@@ -198,5 +198,5 @@ def prune(artifacts: Path, keep: int, lock_timeout: float) -> Mapping[str, Any]:
 @reporting(text=render_history, payload=lambda s: s[LISTS["history"]])
 def history(artifacts: Path) -> Mapping[str, Any]:
     """Every change of the current version, newest first: trainings, promotions, rollbacks."""
-    entries = list(reversed(registry.read_history(artifacts)))
+    entries = list(reversed(registry.read_history(registry.existing_store(artifacts))))
     return {"artifacts": str(artifacts), "history": entries}

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from job import inference, mapreduce, pipeline, registry
+from job import registry
 from job.cli.options import (
     artifacts_option,
     common_options,
@@ -121,6 +121,10 @@ def _require_shard_index(shards: int) -> None:
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
     _require_shard_index(options["shards"])
+    # Each command imports only its own domain modules: `train` does not load infer's queue
+    # and publishing, `infer` (every minute) not the training, the shards or the gate.
+    from job import mapreduce, pipeline
+
     config = pipeline.TrainConfig(**options)
     if config.shards == 1:
         return pipeline.train(config)
@@ -154,4 +158,6 @@ def train(**options: Any) -> dict[str, Any]:
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])
+    from job import inference
+
     return inference.infer(inference.InferConfig(**options))

@@ -122,7 +122,7 @@ class FakeCluster:
 
 
 def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict[str, Any]:
-    """A CronJob as the manifests (issue #3) define it."""
+    """A CronJob as manifests/cronjob-*.yaml define it."""
     schedule = "0 0 * * 0" if command == "train" else "* * * * *"
     return {
         "apiVersion": "batch/v1",

@@ -260,6 +260,12 @@ if [ "$(basename "$0")" = env ]; then echo "export KUBECONFIG=/stub/kubeconfig";
 exit 0
 """
 
+#: .ci/in-private-clone records its call, then runs the command it was given (no clone).
+CI_PRIVATE_CLONE_STUB = """#!/usr/bin/env bash
+{ printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$CALLS"
+exec "$@"
+"""
+
 
 @pytest.fixture
 def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
@@ -281,6 +287,7 @@ def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
     ):
         stub.write_text(CI_STUB, encoding="utf-8")
         stub.chmod(0o755)
+    (repo / ".ci" / "in-private-clone").write_text(CI_PRIVATE_CLONE_STUB, encoding="utf-8")
     calls = tmp_path / "calls"
     calls.touch()
 
@@ -323,6 +330,7 @@ def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
         ["up"],
         ["env"],
         ["load-image", image],
+        ["in-private-clone", "make"],
         ["make", "test"],
         ["env", "REQUIRE=1"],
         ["make", "test"],
