@@ -15,6 +15,7 @@ retried by the Job and takes its own claim over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from job import artifacts, reading, registry, shards, volume
-from job.errors import BadInputError
+from job.errors import BadInputError, TaxiJobError
 from job.model import PairAccumulator
 from job.pipeline import (
     Aggregate,
@@ -153,14 +154,14 @@ def _merge(parts: list[Parts], role: str, fingerprints: list[Any]) -> Aggregate:
 
 
 def _published_version(root: Path, run_id: str) -> str | None:
-    """A model version this run published already (the reducer died before ``PUBLISHED``)."""
+    """A model version this run published already (the reducer died before ``PUBLISHED``),
+    read through the store's checked load: a damaged version does not count."""
     for version in reversed(artifacts.versions(root)):
         try:
-            path = root / artifacts.MODELS / version / artifacts.MODEL_FILE
-            body = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            metadata = artifacts.load(root, version).metadata
+        except TaxiJobError:
             continue
-        if isinstance(body, dict) and body.get("run_id") == run_id:
+        if metadata.get("run_id") == run_id:
             return version
     return None
 
@@ -197,6 +198,12 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
 
     the_plan = plan(config)
     mine = _partial(config, the_plan, folder, shard)
+    done = shards.published(folder)
+    if done is not None:  # a late duplicate: the run was published while this shard read
+        logger.info("run %s published %s meanwhile; nothing to do", config.run_id, done)
+        with volume.writing("partial statistics"):
+            shards.remove_partials(folder)
+        return {**identity, "published_already": done.get("model_version"), "seconds": 0.0}
     summary: dict[str, Any] = {
         **identity,
         "rows_read": mine["train"].rows_read,
@@ -209,13 +216,15 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
         return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}
     with volume.writing("the reduce claim"):
-        holder = shards.claim(folder, shard)
+        holder, claim = shards.claim(folder, shard)
     if holder != shard:
         logger.info("shard %d done; shard %d reduces", shard, holder)
         return {**summary, "reducer": holder, "seconds": round(time.perf_counter() - started, 3)}
-
     reduce_started = time.perf_counter()
-    with artifacts.training_lock(config.artifacts, config.lock_timeout):
+    renewal = volume.renewing(claim) if claim is not None else contextlib.nullcontext()
+    with renewal, artifacts.training_lock(config.artifacts, config.lock_timeout, "a reduce"):
+        if claim is not None:
+            claim.check(f"run {config.run_id}'s model")
         done = shards.published(folder)
         version = (
             done["model_version"] if done else _published_version(config.artifacts, config.run_id)

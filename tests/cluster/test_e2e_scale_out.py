@@ -182,9 +182,10 @@ def test_a_killed_reducer_pod_is_replaced_and_its_retry_publishes(namespace: str
           "two shards done", timeout_s=600)  # fmt: skip
     (reducer,) = pods_of(namespace, name, "Running")
     index = reducer["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
-    claim = "/var/lib/taxi-job/artifacts/partials/train-killed/REDUCER"
-    until(lambda: exec_python(namespace, holder, f"print(open({claim!r}).read())", check=False)
-          .strip() == index, "the reducer's claim")  # fmt: skip
+    claim = "/var/lib/taxi-job/artifacts/partials/train-killed/.claim-REDUCER"
+    read = f"import json; print(json.load(open({claim!r}))['shard'])"
+    until(lambda: exec_python(namespace, holder, read, check=False).strip() == index,
+          "the reducer's claim")  # fmt: skip
     kubectl("-n", namespace, "delete", "pod", reducer["metadata"]["name"], "--grace-period=0",
             "--force")  # fmt: skip
     replacement = until(lambda: [p for p in pods_of(namespace, name, "Running") if
