@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,10 +33,10 @@ from typing import Any
 from job.errors import ModelUnavailableError, NoModelYetError, TransientError
 from job.model import Model
 from job.volume import (
-    TMP_PREFIX,
     fsync_dir,
     holder,
     now_utc,
+    sweep,
     temporary_dir,
     write_atomic,
     writing,
@@ -96,23 +95,10 @@ def training_lock(
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
-        _remove_leftovers(root)
+        sweep(root, locked=True)  # what killed runs left; a holder may sweep them all
         yield
     finally:
         os.close(fd)  # closing releases the flock
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Remove what a killed training left behind (a version being written, a CURRENT being
-    replaced); only called while holding the lock, so no training is writing them (every
-    writer of the artifacts folder and of models/ holds the lock)."""
-    models = root / MODELS
-    for leftover in [*root.glob(TMP_PREFIX + "*"), *models.glob(TMP_PREFIX + "*")]:
-        logger.warning("removing %s, left by an interrupted training", leftover)
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
-            continue
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def publish(

@@ -162,9 +162,6 @@ class BackgroundWriter:
             raise self._error
 
 
-#: A temporary prediction file older than this was left by a killed run (an infer Job's
-#: activeDeadlineSeconds is far shorter), not one still being written.
-STALE_AFTER_S = 3600
 #: A claim on an input not renewed for this long was left by a killed run. A live run
 #: renews it every third of this (volume.renewing) however long the input takes (the
 #: backlog Job's deadline is 7200 s), so this bounds only how long a killed run's input
@@ -209,7 +206,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
     with volume.writing("predictions", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        volume.sweep(out_dir, STALE_AFTER_S, CLAIM_LEASE_S)
+        volume.sweep(config.artifacts, out_dir)
     outcomes = [
         (out_dir / source.name, _infer_one(source, artifact, out_dir, config.force))
         for source in sources

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,6 @@ from job.pipeline import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: A run folder untouched for this long belongs to a training that ended long ago (a Job's
-#: activeDeadlineSeconds is hours): the reducer of a later run removes it.
-STALE_RUN_S = 7 * 86400
 
 #: One shard's statistics of its share, per role ("train", "eval").
 Parts = dict[str, Aggregate]
@@ -166,17 +161,6 @@ def _published_version(root: Path, run_id: str) -> str | None:
     return None
 
 
-def _remove_stale_runs(root: Path, keep: Path) -> None:
-    cutoff = time.time() - STALE_RUN_S
-    for folder in (root / shards.PARTIALS).iterdir():
-        try:
-            if folder != keep and folder.stat().st_mtime < cutoff:
-                logger.warning("removing %s, left by a training that ended long ago", folder)
-                shutil.rmtree(folder, ignore_errors=True)
-        except FileNotFoundError:  # another reducer removed it first
-            continue
-
-
 def train_shard(config: TrainConfig) -> dict[str, Any]:
     """Read this shard's share of the inputs into partial statistics; when every shard's
     are there, claim the reduce and, if this shard wins, fit, score and publish."""
@@ -253,7 +237,6 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         with volume.writing("partial statistics"):
             shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})
             shards.remove_partials(folder)
-            _remove_stale_runs(config.artifacts, folder)
     return {
         **summary,
         "reducer": shard,

@@ -329,21 +329,99 @@ def renewing(claim: Claim, every_s: float | None = None) -> Iterator[None]:
         thread.join()
 
 
-def sweep(folder: Path, temporaries_after_s: float, claims_after_s: float) -> None:
-    """Remove what killed runs left in ``folder``: temporaries not modified for
-    ``temporaries_after_s`` (a live writer finishes far sooner) and claims older than
-    ``claims_after_s`` (their lease)."""
-    cutoff = time.time() - temporaries_after_s
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as scan:
-        entries = [e for e in scan if e.name.startswith((TMP_PREFIX, CLAIM_PREFIX))]
-    for entry in entries:
-        if entry.name.startswith(CLAIM_PREFIX):
-            _break_if_stale(Path(entry.path), claims_after_s)
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another run may remove it first
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                logger.warning("removing %s, left by an interrupted run", entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+#: A temporary untouched this long was left by a killed run: a live writer renames its
+#: temporary seconds after its last write (a version, a partial, one input's predictions).
+TEMPORARY_AFTER_S = 3600
+#: A sharded training's run folder untouched this long belongs to a training that ended
+#: long ago (a training Job's deadline is 7200 s); it keeps PUBLISHED until then, so that
+#: a late or repeated shard of the run does nothing.
+RUN_AFTER_S = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """One rule of the sweep: what a killed run leaves where, and when it is surely one."""
+
+    what: str
+    places: tuple[str, ...]
+    """Folders, relative to the artifacts folder; ``*`` is every run folder of partials/."""
+    pattern: str
+    after_s: float | None
+    """Untouched for this long: a leftover. None: a claim, stale after its own lease."""
+    why: str
+    locked_after_s: float | None = None
+    """The age that suffices for a sweeper holding the training lock, if another."""
+
+
+#: The one table of what the sweep removes (every command that writes runs it).
+LEFTOVERS = (
+    Leftover(
+        "a temporary of the model store (a version, CURRENT or the history being written, a "
+        "version being pruned)",
+        (".", "models"),
+        TMP_PREFIX + "*",
+        TEMPORARY_AFTER_S,
+        "every writer of them holds the training lock: for its holder, any is a leftover",
+        locked_after_s=0,
+    ),
+    Leftover(
+        "a temporary of predictions, partials or the journal (a file, a claim being made)",
+        ("predictions", "partials/*", "runs"),
+        TMP_PREFIX + "*",
+        TEMPORARY_AFTER_S,
+        "a live writer renames its temporary seconds after its last write",
+    ),
+    Leftover(
+        "a claim (an input being predicted, a reduce)",
+        ("predictions", "partials/*"),
+        CLAIM_PREFIX + "*",
+        None,
+        "a live holder renews its claim every third of its lease",
+    ),
+    Leftover(
+        "a sharded training's run folder",
+        ("partials",),
+        "*",
+        RUN_AFTER_S,
+        "a training ends within its Job's deadline, far sooner",
+    ),
+)
+
+
+def sweep(artifacts: Path, predictions: Path | None = None, *, locked: bool = False) -> None:
+    """Remove what killed runs left below ``artifacts`` (and in ``predictions``, where
+    infer writes, ``<artifacts>/predictions`` by default), by the rules of
+    :data:`LEFTOVERS`; ``locked``: the caller holds the training lock."""
+    now = time.time()
+    for rule in LEFTOVERS:
+        after = rule.locked_after_s if locked and rule.locked_after_s is not None else rule.after_s
+        for folder in _places(artifacts, predictions, rule.places):
+            for path in folder.glob(rule.pattern):
+                if after is None:
+                    body = read_claim(path) or {}
+                    lease = body.get("lease_s")
+                    _break_if_stale(
+                        path, lease if isinstance(lease, int | float) else TEMPORARY_AFTER_S
+                    )
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # another run removed it first
+                    if path.lstat().st_mtime <= now - after:
+                        logger.warning(
+                            "removing %s (%s), left by an interrupted run", path, rule.what
+                        )
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink()
+
+
+def _places(artifacts: Path, predictions: Path | None, places: tuple[str, ...]) -> list[Path]:
+    found: list[Path] = []
+    for place in places:
+        if place == "predictions" and predictions is not None:
+            found.append(predictions)
+        elif "*" in place:
+            found.extend(p for p in artifacts.glob(place) if p.is_dir() and not p.is_symlink())
+        else:
+            found.append(artifacts / place)
+    return [f for f in found if f.is_dir()]

@@ -280,7 +280,7 @@ def test_the_reduce_removes_run_folders_left_long_ago(tmp_path, make_trips):
     train_file = make_trips("train.parquet", rows=3000, seed=1, row_group_size=1000)
     root = tmp_path / "artifacts"
     old, young = shards.run_dir(root, "old-run"), shards.run_dir(root, "young-run")
-    for folder, age in ((old, mapreduce.STALE_RUN_S + 3600), (young, 3600)):
+    for folder, age in ((old, volume.RUN_AFTER_S + 3600), (young, 3600)):
         folder.mkdir(parents=True)
         then = time.time() - age
         os.utime(folder, (then, then))
@@ -300,3 +300,27 @@ def test_a_damaged_version_is_not_taken_for_the_runs_published_one(tmp_path, mak
     model = root / artifacts.MODELS / version / artifacts.MODEL_FILE
     model.write_bytes(model.read_bytes().replace(b'"run_id"', b'"run_id" ', 1))
     assert mapreduce._published_version(root, "run-1") is None
+
+
+def test_the_sweep_follows_its_one_table(tmp_path):
+    """Store temporaries go at any age for the holder of the training lock only; a claim
+    goes after its own lease (the one written in it); other temporaries after an hour."""
+    root = tmp_path / "artifacts"
+    for folder in ("models", "predictions", "partials/a", "partials/b"):
+        (root / folder).mkdir(parents=True)
+    version = volume.temporary_dir(root / "models" / "v1")
+    short = volume.try_claim(shards.run_dir(root, "a") / shards.REDUCER, LEASE)
+    long = volume.try_claim(shards.run_dir(root, "b") / shards.REDUCER, 900)
+    assert short is not None and long is not None
+    for claim in (short, long):
+        then = time.time() - 60
+        os.utime(claim.path, (then, then))
+    old = volume.temporary_file(root / "predictions" / "x.parquet")
+    young = volume.temporary_file(root / "predictions" / "y.parquet")
+    then = time.time() - volume.TEMPORARY_AFTER_S - 60
+    os.utime(old, (then, then))
+    volume.sweep(root)
+    assert version.exists() and not short.path.exists() and long.held()
+    assert not old.exists() and young.exists()
+    volume.sweep(root, locked=True)
+    assert not version.exists() and long.held() and young.exists()
