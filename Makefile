@@ -9,7 +9,7 @@ ROWS ?= 300000
 # More pytest arguments, e.g. PYTEST_ARGS="-m cluster" for the cluster suite alone.
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-scale clean-demo
+.PHONY: install demo test lint bench bench-scale clean-demo mutation
 
 $(BIN)/taxi-job: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,10 @@ bench-scale: install
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Mutation testing of the volume protocol (not in CI: about MUTATION_MINUTES below on 2 cores).
+# One module at a time, one child: the machine is shared. Results stay in mutants/.
+MUTATE ?= volume shards mapreduce registry artifacts
+mutation: install
+	for module in $(MUTATE); do $(BIN)/mutmut run --max-children 1 "job.$$module.*" || exit 1; done
+	$(BIN)/mutmut results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -324,3 +325,21 @@ def test_the_sweep_follows_its_one_table(tmp_path):
     assert not old.exists() and young.exists()
     volume.sweep(root, locked=True)
     assert not version.exists() and long.held() and young.exists()
+
+
+def test_the_guarantees_quote_the_leases_and_deadlines_in_force():
+    """docs/kubernetes.md justifies the leases with the Jobs' deadlines: the numbers it
+    quotes are the code's and the manifests'."""
+    repo = Path(__file__).parent.parent
+    doc = " ".join((repo / "docs" / "kubernetes.md").read_text().split())
+    assert (
+        f"The lease is {inference.CLAIM_LEASE_S} s for an input, "
+        f"{shards.REDUCE_LEASE_S} s for a reduce" in doc
+    )
+    deadlines = {
+        manifest: re.findall(r"activeDeadlineSeconds: (\d+)", (repo / manifest).read_text())
+        for manifest in ("manifests/jobs/infer-backlog.yaml", "manifests/cronjob-train.yaml")
+    }
+    backlog, training = deadlines.values()
+    assert f"the backlog Job (`activeDeadlineSeconds` {backlog[0]})" in doc
+    assert f"and a training ({training[0]}) keep their claims" in doc
