@@ -11,7 +11,6 @@ namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,11 @@ import numpy as np
 import pytest
 from e2e import (
     IMAGE,
-    KUBECONFIG,
     OWN_NAMESPACE_MARKS,
     SUSPEND_INFER,
     create_job,
     cronjob_patch,
+    exec_python,
     kubectl,
     own_namespace,
     run_job,
@@ -224,16 +223,6 @@ def pods_of(namespace: str, job: str, phase: str) -> list[dict[str, Any]]:
         for p in pods
         if p["status"].get("phase") == phase and not p["metadata"].get("deletionTimestamp")
     ]
-
-
-def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "exec", f"job/{job}", "--",
-         "python", "-c", code],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0 or not check, result.stderr
-    return result.stdout
 
 
 LIST_PREDICTIONS = """
