@@ -322,7 +322,9 @@ def _infer_one(
         problem = exc
     # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
     with volume.writing("predictions", out_dir):
-        claim = volume.try_claim(output, CLAIM_LEASE_S, model_version=artifact.version)
+        claim = volume.try_claim(
+            output, CLAIM_LEASE_S, purpose="infer", model_version=artifact.version
+        )
     if claim is None:
         logger.info("%s: another run is at it; left to that run", source.uri)
         return Outcome("busy")

@@ -158,6 +158,7 @@ def test_shards_racing_each_other_and_their_duplicates_publish_once(year, tmp_pa
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         results.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sum("model_version" in r for r in results) == 1, results  # one reduced
     published = {r["model_version"] for r in results if "model_version" in r}
     published |= {r["published_already"] for r in results if "published_already" in r}
     (version,) = published
