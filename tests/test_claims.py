@@ -343,3 +343,27 @@ def test_the_guarantees_quote_the_leases_and_deadlines_in_force():
     backlog, training = deadlines.values()
     assert f"the backlog Job (`activeDeadlineSeconds` {backlog[0]})" in doc
     assert f"and a training ({training[0]}) keep their claims" in doc
+
+
+def test_the_logs_say_who_holds_a_claim_for_what_and_why_one_is_broken(tmp_path, caplog):
+    target = tmp_path / "a.parquet"
+    path = volume.claim_path(target)
+    caplog.set_level("INFO", logger="job.volume")
+    first = volume.try_claim(target, 900, purpose="infer")
+    assert first is not None and volume.try_claim(target, 900) is None
+    since = json.loads(first.content)["since"]
+    assert caplog.messages[-1] == f"{path}: held by {volume.holder()} for infer since {since}"
+    stale = time.time() - 3600
+    os.utime(path, (stale, stale))
+    assert volume.try_claim(target, 900) is not None
+    assert caplog.messages[-1] == (
+        f"{path}: breaking a claim not renewed for 3600 s (its lease: 900 s), "
+        f"{volume.holder()} for infer since {since}: its run was killed"
+    )
+
+
+def test_a_claim_that_is_not_an_object_reads_as_none(tmp_path):
+    (tmp_path / "claim").write_text("[1, 2]")
+    assert volume.read_claim(tmp_path / "claim") is None
+    (tmp_path / "claim").write_text("{")
+    assert volume.read_claim(tmp_path / "claim") is None
