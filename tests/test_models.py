@@ -240,6 +240,15 @@ def test_promote_waits_for_the_lock_or_exits_75(months, store):
     assert "models promote cannot run at the same time" in result.stderr
 
 
+def test_prune_during_a_training_says_a_training_holds_the_lock(months, store):
+    jan, feb, _, _ = months
+    train(store, jan, feb)
+    with artifacts.training_lock(store):
+        result = models(store, "prune", "--keep", "1", code=75)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "for a training since" in last and "models prune cannot run at the same time" in last
+
+
 def test_two_promotes_at_once_serialize(months, store):
     jan, feb, _, _ = months
     names = [train(store, jan, feb)["model_version"] for _ in range(3)]
