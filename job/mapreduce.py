@@ -232,13 +232,15 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
     reduce_started = time.perf_counter()
     renewal = volume.renewing(claim) if claim is not None else contextlib.nullcontext()
     with renewal, artifacts.training_lock(config.artifacts, config.lock_timeout, "a reduce"):
-        if claim is not None:
-            claim.check(f"run {config.run_id}'s model")
         done = shards.published(folder)
         version = (
             done["model_version"] if done else _published_version(config.artifacts, config.run_id)
         )
         if version is None:
+            # Publishing now: only while the reduce is still ours (a run that published
+            # meanwhile removed the claim with its partials: nothing to check then).
+            if claim is not None:
+                claim.check(f"run {config.run_id}'s model")
             parts = [
                 mine if k == shard else _partial(config, the_plan, folder, k) for k in range(count)
             ]

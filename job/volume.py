@@ -177,8 +177,8 @@ class Claim:
         publishing ``what``, so a run whose claim was taken over publishes nothing."""
         if not self.held():
             raise ClaimLostError(
-                f"{self.path}: our claim was taken over by another run "
-                f"(its lease of {self.lease_s:.0f} s ran out); not publishing {what}"
+                f"{self.path}: this run's claim is not its own any more (broken after "
+                f"its lease of {self.lease_s:.0f} s, or removed); not publishing {what}"
             )
 
     def renew(self) -> bool:

@@ -166,7 +166,7 @@ def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
     assert x is None and y is not None and z is not None
     assert volume.claim_path(target).read_bytes() == z.content
     assert (y.held(), z.held()) == (False, True)
-    with pytest.raises(volume.ClaimLostError, match="taken over by another run"):
+    with pytest.raises(volume.ClaimLostError, match="claim is not its own any more"):
         y.check("predictions")
     z.check("predictions")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
@@ -367,3 +367,29 @@ def test_a_claim_that_is_not_an_object_reads_as_none(tmp_path):
     assert volume.read_claim(tmp_path / "claim") is None
     (tmp_path / "claim").write_text("{")
     assert volume.read_claim(tmp_path / "claim") is None
+
+
+def test_a_reducer_whose_same_index_duplicate_published_first_ends_cleanly(
+    tmp_path, make_trips, monkeypatch
+):
+    """Index 1 runs twice: the first pod claimed the reduce and waits for the training
+    lock; its duplicate (same index, so no claim of its own) reduces and publishes first,
+    removing the claim with the partials. The first then finds the run published: nothing
+    to publish, so nothing to check, and no failure."""
+    train_file = make_trips("train.parquet", rows=3000, seed=1, row_group_size=1000)
+    root = tmp_path / "artifacts"
+    sharded(root, str(train_file), train_file, 0)
+    folder = shards.run_dir(root, "run-1")
+    first = shards.claim(folder, 1)
+    version = sharded(root, str(train_file), train_file, 1)["model_version"]
+    monkeypatch.setattr(shards, "claim", lambda where, shard: first)
+    published, looks = shards.published, []
+
+    def as_before_the_duplicate_published(where):  # the first pod's looks before its claim
+        looks.append(1)
+        return None if len(looks) <= 2 else published(where)
+
+    monkeypatch.setattr(shards, "published", as_before_the_duplicate_published)
+    monkeypatch.setattr(shards, "missing", lambda where, count: [])  # as it saw them then
+    again = sharded(root, str(train_file), train_file, 1)
+    assert again["published_already"] == version and again["reducer"] == 1
