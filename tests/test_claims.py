@@ -303,7 +303,7 @@ def test_a_damaged_version_is_not_taken_for_the_runs_published_one(tmp_path, mak
     assert mapreduce._published_version(root, "run-1") is None
 
 
-def test_the_sweep_follows_its_one_table(tmp_path):
+def test_the_sweep_follows_its_one_table(tmp_path, caplog):
     """Store temporaries go at any age for the holder of the training lock only; a claim
     goes after its own lease (the one written in it); other temporaries after an hour."""
     root = tmp_path / "artifacts"
@@ -320,7 +320,15 @@ def test_the_sweep_follows_its_one_table(tmp_path):
     young = volume.temporary_file(root / "predictions" / "y.parquet")
     then = time.time() - volume.TEMPORARY_AFTER_S - 60
     os.utime(old, (then, then))
+    elsewhere = tmp_path / "elsewhere"  # infer --predictions outside the store
+    elsewhere.mkdir()
+    away = volume.temporary_file(elsewhere / "z.parquet")
+    os.utime(away, (then, then))
+    volume.sweep(root, predictions=elsewhere)
+    assert not away.exists() and old.exists()  # the store's predictions are not infer's now
+    caplog.set_level("WARNING", logger="job.volume")
     volume.sweep(root)
+    assert f"removing {old} (a temporary of predictions, partials or the journal" in caplog.text
     assert version.exists() and not short.path.exists() and long.held()
     assert not old.exists() and young.exists()
     volume.sweep(root, locked=True)
@@ -352,6 +360,7 @@ def test_the_logs_say_who_holds_a_claim_for_what_and_why_one_is_broken(tmp_path,
     first = volume.try_claim(target, 900, purpose="infer")
     assert first is not None and volume.try_claim(target, 900) is None
     since = json.loads(first.content)["since"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", since)
     assert caplog.messages[-1] == f"{path}: held by {volume.holder()} for infer since {since}"
     stale = time.time() - 3600
     os.utime(path, (stale, stale))
