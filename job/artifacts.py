@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,15 @@ from typing import Any
 
 from job.errors import ModelUnavailableError, NoModelYetError, TransientError
 from job.model import Model
-from job.volume import TMP_PREFIX, fsync_dir, now_utc, temporary_dir, write_atomic, writing
+from job.volume import (
+    fsync_dir,
+    holder,
+    now_utc,
+    sweep,
+    temporary_dir,
+    write_atomic,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +63,16 @@ class Artifact:
 
 
 @contextlib.contextmanager
-def training_lock(root: Path, timeout_s: float = 0.0) -> Iterator[None]:
-    """Hold the store's exclusive training lock; wait up to ``timeout_s`` for it, then raise
-    ``TransientError`` naming the holder. The kernel releases it if the process dies."""
+def training_lock(
+    root: Path, timeout_s: float = 0.0, purpose: str = "a training"
+) -> Iterator[None]:
+    """Hold the store's exclusive lock for ``purpose`` (what the holder is doing: "a
+    training", "models prune", ...); wait up to ``timeout_s`` for it, then raise
+    ``TransientError`` naming who holds it for what.
+
+    An ``flock``, not a :func:`volume.try_claim` claim: the kernel releases it the moment
+    its holder dies, so a waiter (``--lock-timeout``) gets it at once, with no lease to
+    outlast a two-hour training, and nothing to renew."""
     path = root / LOCK_FILE
     with writing("the training lock"):
         root.mkdir(parents=True, exist_ok=True)
@@ -73,31 +87,18 @@ def training_lock(root: Path, timeout_s: float = 0.0) -> Iterator[None]:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    held_by = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                     raise TransientError(
-                        f"{path}: another training holds the lock ({holder}); "
-                        "not publishing over it (retry later, or raise --lock-timeout)"
+                        f"{path}: held by {held_by}; {purpose} cannot run at the same time "
+                        f"(waited {timeout_s:.0f} s: retry later, or raise --lock-timeout)"
                     ) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {now_utc()}".encode(), 0)
-        _remove_leftovers(root)
+        os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
+        sweep(root, locked=True)  # what killed runs left; a holder may sweep them all
         yield
     finally:
         os.close(fd)  # closing releases the flock
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Remove what a killed training left behind (a version being written, a CURRENT being
-    replaced); only called while holding the lock, so no training is writing them (every
-    writer of the artifacts folder and of models/ holds the lock)."""
-    models = root / MODELS
-    for leftover in [*root.glob(TMP_PREFIX + "*"), *models.glob(TMP_PREFIX + "*")]:
-        logger.warning("removing %s, left by an interrupted training", leftover)
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
-            continue
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def publish(

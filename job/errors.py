@@ -17,7 +17,7 @@ EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 #: No usable model: none trained yet, or an artifact whose checksum does not match.
 EXIT_NO_MODEL = 3
-#: A failure that may pass: I/O or network after retries, another training holds the lock.
+#: A failure that may pass: I/O or network after retries, the training lock is held.
 EXIT_TRANSIENT = 75
 
 

@@ -179,13 +179,11 @@ class BackgroundWriter:
             raise self._error
 
 
-#: A temporary prediction file older than this was left by a killed run (an infer Job's
-#: activeDeadlineSeconds is far shorter), not one still being written.
-STALE_AFTER_S = 3600
-#: A claim on an input older than this was left by a killed run: an infer Job is stopped
-#: after its activeDeadlineSeconds (600), and one input takes seconds. Until then, the
-#: input is busy for the other runs; a claim broken too early costs work twice, never a
-#: mixed file (every run writes its own temporaries).
+#: A claim on an input not renewed for this long was left by a killed run. A live run
+#: renews it every third of this (volume.renewing) however long the input takes (the
+#: backlog Job's deadline is 7200 s), so this bounds only how long a killed run's input
+#: waits; a claim broken under a live run (a clock far off) costs work twice, never a mixed
+#: or a wrong file (the run that lost it checks before it renames, and publishes nothing).
 CLAIM_LEASE_S = 900
 #: Where a bad input of the incoming queue goes: beside the queue's folder.
 REJECTED = "rejected"
@@ -229,7 +227,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
     with volume.writing("predictions", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        volume.sweep(out_dir, STALE_AFTER_S, CLAIM_LEASE_S)
+        volume.sweep(config.artifacts, out_dir)
     outcomes = [
         (out_dir / source.name, _infer_one(source, artifact, out_dir, config.force))
         for source in sources
@@ -324,7 +322,9 @@ def _infer_one(
         problem = exc
     # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
     with volume.writing("predictions", out_dir):
-        claim = volume.try_claim(output, CLAIM_LEASE_S, model_version=artifact.version)
+        claim = volume.try_claim(
+            output, CLAIM_LEASE_S, purpose="infer", model_version=artifact.version
+        )
     if claim is None:
         logger.info("%s: another run is at it; left to that run", source.uri)
         return Outcome("busy")
@@ -335,11 +335,20 @@ def _infer_one(
             if not force and _predicted_already(output, artifact.version, fingerprint):
                 return Outcome("skipped")
             try:
-                with volume.writing("predictions", out_dir), volume.replacing(output) as tmp:
+                # Renewed while we predict, checked right before the rename: a run slower
+                # than the lease keeps its input, and one taken over publishes nothing.
+                with (
+                    volume.renewing(claim),
+                    volume.writing("predictions", out_dir),
+                    volume.replacing(output, claim) as tmp,
+                ):
                     work = functools.partial(
                         _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
                     )
                     live = reading.whole_pass(source, parquet, work)
+            except volume.ClaimLostError as exc:
+                logger.warning("%s", exc)
+                return Outcome("busy")
             except BadInputError as exc:
                 if not source.listed:
                     raise

@@ -15,18 +15,18 @@ retried by the Job and takes its own claim over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from job import artifacts, reading, registry, shards, volume
-from job.errors import BadInputError, TransientError
+from job.errors import BadInputError, TaxiJobError, TransientError
 from job.model import Model, PairAccumulator, fit
 from job.pipeline import (
     Aggregate,
@@ -38,10 +38,6 @@ from job.pipeline import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: A run folder untouched for this long belongs to a training that ended long ago (a Job's
-#: activeDeadlineSeconds is hours): the reducer of a later run removes it.
-STALE_RUN_S = 7 * 86400
 
 #: One shard's statistics of its share, per role ("train", "eval").
 Parts = dict[str, Aggregate]
@@ -178,27 +174,16 @@ def _with_records(
 
 
 def _published_version(root: Path, run_id: str) -> str | None:
-    """A model version this run published already (the reducer died before ``PUBLISHED``)."""
+    """A model version this run published already (the reducer died before ``PUBLISHED``),
+    read through the store's checked load: a damaged version does not count."""
     for version in reversed(artifacts.versions(root)):
         try:
-            path = root / artifacts.MODELS / version / artifacts.MODEL_FILE
-            body = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            metadata = artifacts.load(root, version).metadata
+        except TaxiJobError:
             continue
-        if isinstance(body, dict) and body.get("run_id") == run_id:
+        if metadata.get("run_id") == run_id:
             return version
     return None
-
-
-def _remove_stale_runs(root: Path, keep: Path) -> None:
-    cutoff = time.time() - STALE_RUN_S
-    for folder in (root / shards.PARTIALS).iterdir():
-        try:
-            if folder != keep and folder.stat().st_mtime < cutoff:
-                logger.warning("removing %s, left by a training that ended long ago", folder)
-                shutil.rmtree(folder, ignore_errors=True)
-        except FileNotFoundError:  # another reducer removed it first
-            continue
 
 
 def train_shard(config: TrainConfig) -> dict[str, Any]:
@@ -222,6 +207,12 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
 
     the_plan = plan(config)
     mine = _partial(config, the_plan, folder, shard)
+    done = shards.published(folder)
+    if done is not None:  # a late duplicate: the run was published while this shard read
+        logger.info("run %s published %s meanwhile; nothing to do", config.run_id, done)
+        with volume.writing("partial statistics"):
+            shards.remove_partials(folder)
+        return {**identity, "published_already": done.get("model_version"), "seconds": 0.0}
     summary: dict[str, Any] = {
         **identity,
         "rows_read": mine["train"].rows_read,
@@ -234,18 +225,22 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
         return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}
     with volume.writing("the reduce claim"):
-        holder = shards.claim(folder, shard)
+        holder, claim = shards.claim(folder, shard)
     if holder != shard:
         logger.info("shard %d done; shard %d reduces", shard, holder)
         return {**summary, "reducer": holder, "seconds": round(time.perf_counter() - started, 3)}
-
     reduce_started = time.perf_counter()
-    with artifacts.training_lock(config.artifacts, config.lock_timeout):
+    renewal = volume.renewing(claim) if claim is not None else contextlib.nullcontext()
+    with renewal, artifacts.training_lock(config.artifacts, config.lock_timeout, "a reduce"):
         done = shards.published(folder)
         version = (
             done["model_version"] if done else _published_version(config.artifacts, config.run_id)
         )
         if version is None:
+            # Publishing now: only while the reduce is still ours (a run that published
+            # meanwhile removed the claim with its partials: nothing to check then).
+            if claim is not None:
+                claim.check(f"run {config.run_id}'s model")
             parts = [
                 mine if k == shard else _partial(config, the_plan, folder, k) for k in range(count)
             ]
@@ -274,7 +269,6 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         with volume.writing("partial statistics"):
             shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})
             shards.remove_partials(folder)
-            _remove_stale_runs(config.artifacts, folder)
     return {
         **summary,
         "reducer": shard,

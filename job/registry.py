@@ -288,7 +288,7 @@ def promote(
     """Make an existing, verified version current (a rollback when it is older than the
     current one), under the training lock, and record it; return the history entry."""
     version = check_version(root, version)
-    with artifacts.training_lock(root, lock_timeout):
+    with artifacts.training_lock(root, lock_timeout, "models promote"):
         artifact = artifacts.load(root, version)  # verified now, under the lock
         current = _current_or_none(root)
         if current == version:
@@ -365,7 +365,7 @@ def prune(root: Path, keep: int, lock_timeout: float = 0.0) -> dict[str, Any]:
     existing_store(root)
     if not (root / artifacts.MODELS).is_dir():
         return {"pruned": [], "kept": []}
-    with artifacts.training_lock(root, lock_timeout):
+    with artifacts.training_lock(root, lock_timeout, "models prune"):
         pruned = prune_locked(root, keep)
         kept = list(reversed(artifacts.versions(root)))
     return {"pruned": pruned, "kept": kept}

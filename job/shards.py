@@ -10,9 +10,10 @@ works out the same assignment from the files' footers alone, with no coordinatio
 Each shard writes its share's pair statistics to ``<artifacts>/partials/<run id>/``::
 
     shard-0001-of-0003.npz  one shard's partial statistics (format below)
-    REDUCER                 the index of the shard that merges them: made by link(2),
-                            which fails when it exists, so exactly one shard claims it,
-                            also across nodes on a ReadWriteMany volume
+    .claim-REDUCER          the claim of the shard that merges them (volume.try_claim:
+                            link(2), which fails when it exists, so exactly one shard
+                            claims it, also across nodes on a ReadWriteMany volume), with
+                            its index, renewed while it reduces
     PUBLISHED               JSON: the model version this run published; kept when the
                             partials are removed, so a late or repeated shard does nothing
 
@@ -44,6 +45,7 @@ from job.model import PairStats
 
 FORMAT = "taxi-job/partial/v1"
 PARTIALS = "partials"
+#: The reduce is claimed as ``.claim-REDUCER`` (:func:`volume.claim_path`).
 REDUCER = "REDUCER"
 PUBLISHED = "PUBLISHED"
 ROLES = ("train", "eval")
@@ -183,27 +185,26 @@ def read_partial(path: Path) -> tuple[dict[str, Any], dict[str, PairStats]]:
     return header, stats
 
 
-def claim(folder: Path, shard: int) -> int:
-    """Claim the reduce of a run for ``shard``; return the index of the claim's holder.
+#: The reduce claim lapses this long after its holder stopped renewing it (a killed
+#: reducer): a shard that finishes later breaks it and reduces. A live reducer renews it
+#: every third of this (:func:`volume.renewing`), however long the reduce takes.
+REDUCE_LEASE_S = 600
 
-    ``link(2)`` of a complete temporary file is atomic and fails when the name exists, on
-    a local disk and on NFS alike: exactly one shard wins, and the holder's index is
-    always readable (an ``O_EXCL`` create could be seen empty before it is written).
-    """
-    tmp = volume.temporary_file(folder / REDUCER)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(f"{shard}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, folder / REDUCER)
-            volume.fsync_dir(folder)
-            return shard
-        except FileExistsError:
-            return int((folder / REDUCER).read_text(encoding="utf-8"))
-    finally:
-        os.unlink(tmp)
+
+def claim(folder: Path, shard: int) -> tuple[int, volume.Claim | None]:
+    """Claim the reduce of a run for ``shard`` with the volume's one claim primitive
+    (:func:`volume.try_claim`: exactly one shard wins, also across nodes); return the index
+    of the claim's holder and, when it is this shard, the claim.
+
+    A claim held by this very index is a killed reducer's that the Job retried: this run
+    goes on without a claim of its own, and publishes at most once all the same
+    (``PUBLISHED`` and the run id, checked under the training lock)."""
+    taken = volume.try_claim(folder / REDUCER, REDUCE_LEASE_S, purpose="reduce", shard=shard)
+    if taken is not None:
+        return shard, taken
+    body = volume.read_claim(volume.claim_path(folder / REDUCER)) or {}
+    holder = body.get("shard")
+    return (holder if isinstance(holder, int) else -1), None
 
 
 def published(folder: Path) -> dict[str, Any] | None:
@@ -221,5 +222,5 @@ def mark_published(folder: Path, record: dict[str, Any]) -> None:
 
 def remove_partials(folder: Path) -> None:
     """Remove a published run's partials and its claim, keeping ``PUBLISHED``."""
-    for path in [*folder.glob("shard-*.npz"), folder / REDUCER]:
+    for path in [*folder.glob("shard-*.npz"), volume.claim_path(folder / REDUCER)]:
         path.unlink(missing_ok=True)

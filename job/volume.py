@@ -126,9 +126,10 @@ def temporary_dir(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(target: Path) -> Iterator[Path]:
+def replacing(target: Path, claim: Claim | None = None) -> Iterator[Path]:
     """Yield a new temporary file of our own beside ``target`` to write; when the block
     ends without error it is synced and renamed over ``target``, and the folder synced.
+    With ``claim``, the rename happens only if we still hold it (checked right before).
     On any error, the rename included, the temporary is removed and ``target`` is left as
     it was."""
     tmp = temporary_file(target)
@@ -137,6 +138,8 @@ def replacing(target: Path) -> Iterator[Path]:
         with open(tmp, "rb") as handle:  # the writer may have used its own handle
             os.fsync(handle.fileno())
         tmp.chmod(FILE_MODE)
+        if claim is not None:
+            claim.check(str(target))
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
@@ -150,12 +153,43 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+class ClaimLostError(TransientError):
+    """Our claim was taken over (our lease ran out while we worked): we must not publish."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """An exclusive claim on a name, held by this run until :func:`release`."""
 
     path: Path
     content: bytes
+    lease_s: float
+
+    def held(self) -> bool:
+        """Whether the claim at ``path`` is still this one (not broken and retaken)."""
+        try:
+            return self.path.read_bytes() == self.content
+        except FileNotFoundError:
+            return False
+
+    def check(self, what: str) -> None:
+        """Raise :class:`ClaimLostError` unless we still hold the claim: called right before
+        publishing ``what``, so a run whose claim was taken over publishes nothing."""
+        if not self.held():
+            raise ClaimLostError(
+                f"{self.path}: this run's claim is not its own any more (broken after "
+                f"its lease of {self.lease_s:.0f} s, or removed); not publishing {what}"
+            )
+
+    def renew(self) -> bool:
+        """Restart the lease (the claim's modification time) if we still hold the claim;
+        return whether we do."""
+        if not self.held():
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path)
+            return True
+        return False
 
 
 def claim_path(target: Path) -> Path:
@@ -164,34 +198,54 @@ def claim_path(target: Path) -> Path:
 
 
 def try_claim(target: Path, lease_s: float, **note: Any) -> Claim | None:
-    """Claim ``target`` for this run; ``None`` when another live run holds it.
+    """Claim ``target`` for this run (the file :func:`claim_path`); ``None`` when another
+    live run holds it.
 
-    A claim older than ``lease_s`` was left by a killed run: it is broken (renamed away,
-    so of two runs breaking it at once only one succeeds) and taken.
+    The one way to say "mine" on the volume. The claim is written whole to a temporary
+    file of our own and ``link(2)``-ed to its name: atomic, fails when the name exists (on
+    a local disk and on NFS, CephFS, EFS alike), and the claim is never seen empty. It
+    holds who took it, when, its lease and a random token (what :meth:`Claim.held`
+    compares). A claim not renewed for ``lease_s`` was left by a killed run: it is broken
+    (see :func:`_break_if_stale`) and taken.
     """
     path = claim_path(target)
     body = {"holder": holder(), "since": now_utc(), "lease_s": lease_s, **note}
     content = json.dumps({**body, "token": os.urandom(8).hex()}).encode()
-    for _ in range(3):  # a third pass only after two stale claims in a row
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except FileExistsError:
-            held_by = _break_if_stale(path, lease_s)
-            if held_by is None:
-                continue
-            logger.info("%s: held by %s", path, held_by)
-            return None
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
-        return Claim(path, content)
-    return None
+    tmp = temporary_file(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.chmod(FILE_MODE)
+        for _ in range(3):  # a third pass only after two stale claims in a row
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                held_by = _break_if_stale(path, lease_s)
+                if held_by is None:
+                    continue
+                logger.info("%s: held by %s", path, held_by)
+                return None
+            fsync_dir(path.parent)
+            return Claim(path, content, lease_s)
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_claim(path: Path) -> dict[str, Any] | None:
+    """The content of the claim at ``path``; None when there is none or it is unreadable."""
+    try:
+        body = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _break_if_stale(path: Path, lease_s: float) -> str | None:
-    """Remove the claim at ``path`` if it is older than ``lease_s``. Return ``None`` when it
-    is gone (broken here, or released meanwhile), else who holds it."""
+    """Remove the claim at ``path`` if it was not renewed for ``lease_s``. Return ``None``
+    when it is gone (broken here, or released meanwhile), else who holds it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -209,49 +263,165 @@ def _break_if_stale(path: Path, lease_s: float) -> str | None:
     except FileNotFoundError:
         broken.unlink(missing_ok=True)
         return None
-    taken = broken.read_bytes()
-    if taken != seen:
-        # Between our read and our rename another run broke the stale claim and took a
-        # new one: that is what we renamed. Hand it back.
-        os.rename(broken, path)
-        return _describe(taken)
-    logger.warning(
-        "%s: breaking a claim %.0f s old, %s: its run was killed", path, age, _describe(seen)
-    )
-    broken.unlink(missing_ok=True)
-    return None
+    try:
+        taken = broken.read_bytes()
+        if taken != seen:
+            # Between our read and our rename another run broke the stale claim and took
+            # a new one: that is what we moved. Hand it back with link(2), which fails if a
+            # third run took the name meanwhile: then that run is the one holder, and the
+            # run we moved finds its claim gone before it publishes (Claim.check).
+            with contextlib.suppress(FileExistsError):
+                os.link(broken, path)
+            return _describe(taken)
+        logger.warning(
+            "%s: breaking a claim not renewed for %.0f s (its lease: %.0f s), %s: "
+            "its run was killed",
+            path,
+            age,
+            lease_s,
+            _describe(seen),
+        )
+        return None
+    finally:
+        broken.unlink(missing_ok=True)
 
 
 def _describe(content: bytes) -> str:
     try:
         body = json.loads(content)
-        return f"{body['holder']} since {body['since']}"
-    except (ValueError, KeyError, TypeError):
+        what = f" for {body['purpose']}" if body.get("purpose") else ""
+        return f"{body['holder']}{what} since {body['since']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
         return "a run that had not written its name yet"
 
 
 def release(claim: Claim) -> None:
     """Remove our claim (unless a run broke it after our lease ran out and holds it now)."""
     with contextlib.suppress(FileNotFoundError):
-        if claim.path.read_bytes() == claim.content:
+        if claim.held():
             claim.path.unlink()
 
 
-def sweep(folder: Path, temporaries_after_s: float, claims_after_s: float) -> None:
-    """Remove what killed runs left in ``folder``: temporaries not modified for
-    ``temporaries_after_s`` (a live writer finishes far sooner) and claims older than
-    ``claims_after_s`` (their lease)."""
-    cutoff = time.time() - temporaries_after_s
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as scan:
-        entries = [e for e in scan if e.name.startswith((TMP_PREFIX, CLAIM_PREFIX))]
-    for entry in entries:
-        if entry.name.startswith(CLAIM_PREFIX):
-            _break_if_stale(Path(entry.path), claims_after_s)
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another run may remove it first
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                logger.warning("removing %s, left by an interrupted run", entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+@contextlib.contextmanager
+def renewing(claim: Claim, every_s: float | None = None) -> Iterator[None]:
+    """Renew ``claim`` on a thread of its own every ``every_s`` (a third of the lease by
+    default) while the block runs, so a slow but live holder keeps it however long it
+    works; a killed one stops renewing and its claim goes stale after one lease."""
+    import threading  # here: only a run with work to do needs it
+
+    interval = every_s if every_s is not None else claim.lease_s / 3
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                if not claim.renew():
+                    return  # taken over: Claim.check refuses the publish
+            except OSError as exc:  # a flaky volume: the next beat tries again
+                logger.warning("%s: cannot renew the claim: %s", claim.path, exc)
+
+    thread = threading.Thread(target=beat, name="claim-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+#: A temporary untouched this long was left by a killed run: a live writer renames its
+#: temporary seconds after its last write (a version, a partial, one input's predictions).
+TEMPORARY_AFTER_S = 3600
+#: A sharded training's run folder untouched this long belongs to a training that ended
+#: long ago (a training Job's deadline is 7200 s); it keeps PUBLISHED until then, so that
+#: a late or repeated shard of the run does nothing.
+RUN_AFTER_S = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """One rule of the sweep: what a killed run leaves where, and when it is surely one."""
+
+    what: str
+    places: tuple[str, ...]
+    """Folders, relative to the artifacts folder; ``*`` is every run folder of partials/."""
+    pattern: str
+    after_s: float | None
+    """Untouched for this long: a leftover. None: a claim, stale after its own lease."""
+    why: str
+    locked_after_s: float | None = None
+    """The age that suffices for a sweeper holding the training lock, if another."""
+
+
+#: The one table of what the sweep removes (every command that writes runs it).
+LEFTOVERS = (
+    Leftover(
+        "a temporary of the model store (a version, CURRENT or the history being written, a "
+        "version being pruned)",
+        (".", "models"),
+        TMP_PREFIX + "*",
+        TEMPORARY_AFTER_S,
+        "every writer of them holds the training lock: for its holder, any is a leftover",
+        locked_after_s=0,
+    ),
+    Leftover(
+        "a temporary of predictions, partials or the journal (a file, a claim being made)",
+        ("predictions", "partials/*", "runs"),
+        TMP_PREFIX + "*",
+        TEMPORARY_AFTER_S,
+        "a live writer renames its temporary seconds after its last write",
+    ),
+    Leftover(
+        "a claim (an input being predicted, a reduce)",
+        ("predictions", "partials/*"),
+        CLAIM_PREFIX + "*",
+        None,
+        "a live holder renews its claim every third of its lease",
+    ),
+    Leftover(
+        "a sharded training's run folder",
+        ("partials",),
+        "*",
+        RUN_AFTER_S,
+        "a training ends within its Job's deadline, far sooner",
+    ),
+)
+
+
+def sweep(artifacts: Path, predictions: Path | None = None, *, locked: bool = False) -> None:
+    """Remove what killed runs left below ``artifacts`` (and in ``predictions``, where
+    infer writes, ``<artifacts>/predictions`` by default), by the rules of
+    :data:`LEFTOVERS`; ``locked``: the caller holds the training lock."""
+    now = time.time()
+    for rule in LEFTOVERS:
+        after = rule.locked_after_s if locked and rule.locked_after_s is not None else rule.after_s
+        for folder in _places(artifacts, predictions, rule.places):
+            for path in folder.glob(rule.pattern):
+                if after is None:
+                    body = read_claim(path) or {}
+                    lease = body.get("lease_s")
+                    _break_if_stale(
+                        path, lease if isinstance(lease, int | float) else TEMPORARY_AFTER_S
+                    )
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # another run removed it first
+                    if path.lstat().st_mtime <= now - after:
+                        logger.warning(
+                            "removing %s (%s), left by an interrupted run", path, rule.what
+                        )
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink()
+
+
+def _places(artifacts: Path, predictions: Path | None, places: tuple[str, ...]) -> list[Path]:
+    found: list[Path] = []
+    for place in places:
+        if place == "predictions" and predictions is not None:
+            found.append(predictions)
+        elif "*" in place:
+            found.extend(p for p in artifacts.glob(place) if p.is_dir() and not p.is_symlink())
+        else:
+            found.append(artifacts / place)
+    return [f for f in found if f.is_dir()]

@@ -61,7 +61,10 @@ def test_a_truncated_artifact_is_refused(tmp_path):
 def test_second_training_fails_clearly_on_the_lock(tmp_path):
     with (
         artifacts.training_lock(tmp_path),
-        pytest.raises(TransientError, match=r"another training holds the lock \(pid \d+"),
+        pytest.raises(
+            TransientError,
+            match=r"held by \S+ pid \d+ for a training since .*; a training cannot run",
+        ),
         artifacts.training_lock(tmp_path, timeout_s=0.3),
     ):
         pass
@@ -121,7 +124,7 @@ def test_lock_held_by_another_process_gives_exit_75(tmp_path, make_trips):
             check=False,
         )
         assert result.returncode == EXIT_TRANSIENT
-        assert "another training holds the lock" in result.stderr.strip().splitlines()[-1]
+        assert "for a training since" in result.stderr.strip().splitlines()[-1]
         assert not (out / "CURRENT").exists()
     finally:
         holder.kill()

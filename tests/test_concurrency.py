@@ -141,7 +141,10 @@ def test_a_second_infer_while_the_first_is_writing_the_same_output(tmp_path, two
         wait_for(
             lambda: (
                 first.poll() is not None
-                or any(p.name.startswith(volume.TMP_PREFIX) for p in predictions.iterdir())
+                or any(
+                    p.name.startswith(volume.TMP_PREFIX + data.name)  # predictions, not a claim
+                    for p in predictions.iterdir()
+                )
             ),
             "the first run to start writing",
         )

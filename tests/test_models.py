@@ -248,7 +248,17 @@ def test_promote_waits_for_the_lock_or_exits_75(months, store):
     train(store, jan, feb)
     with artifacts.training_lock(store):
         result = models(store, "promote", old, code=75)
-    assert "holds the lock" in result.stderr
+    assert "for a training since" in result.stderr
+    assert "models promote cannot run at the same time" in result.stderr
+
+
+def test_prune_during_a_training_says_a_training_holds_the_lock(months, store):
+    jan, feb, _, _ = months
+    train(store, jan, feb)
+    with artifacts.training_lock(store):
+        result = models(store, "prune", "--keep", "1", code=75)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "for a training since" in last and "models prune cannot run at the same time" in last
 
 
 def test_two_promotes_at_once_serialize(months, store):
@@ -278,6 +288,16 @@ def test_prune_keeps_the_newest_and_never_current_or_previous(months, store):
     assert artifacts.versions(store) == [names[1], names[4]]
     assert current(store) == names[1]
     assert not list((store / "models").glob(".*"))
+
+
+def test_prune_keeps_the_version_current_replaced_even_when_not_the_newest(months, store):
+    jan, feb, _, _ = months
+    names = [train(store, jan, feb)["model_version"] for _ in range(5)]
+    models(store, "promote", names[3])
+    models(store, "promote", names[1])  # replaces names[3]: the rollback target now
+    result = models(store, "prune", "--keep", "1")
+    assert result["pruned"] == [names[0], names[2]]
+    assert artifacts.versions(store) == [names[1], names[3], names[4]]
 
 
 def test_train_prunes_to_keep_versions(months, store):

@@ -112,7 +112,7 @@ def test_the_sweep_removes_what_killed_runs_left_and_nothing_live(tmp_path):
         age(path, 3600 + 60)
     (tmp_path / "e.parquet").write_bytes(b"published")
     age(tmp_path / "e.parquet", 10 * 3600)
-    volume.sweep(tmp_path, 3600, LEASE)
+    volume.sweep(tmp_path / "artifacts", predictions=tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(
         [fresh_tmp.name, volume.claim_path(tmp_path / "d.parquet").name, "e.parquet"]
     )

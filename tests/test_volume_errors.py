@@ -219,7 +219,7 @@ def test_stale_temporary_predictions_are_removed_fresh_ones_kept(tmp_path, make_
     fresh = predictions / ".tmp-t.parquet.456"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"being written")
-    old = time.time() - inference.STALE_AFTER_S - 60
+    old = time.time() - volume.TEMPORARY_AFTER_S - 60
     os.utime(stale, (old, old))
     inference.infer(inference.InferConfig(str(data), out))
     assert not stale.exists()

@@ -339,6 +339,17 @@ def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
     return result.stdout
 
 
+def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> str:
+    """``python -c code`` in Job ``job``'s running pod; its output."""
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "exec", f"job/{job}", "--",
+         "python", "-c", code],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 or not check, result.stderr
+    return result.stdout
+
+
 @contextlib.contextmanager
 def own_namespace(overlay: Callable[[Path, str], Path], workdir: Path) -> Iterator[str]:
     """Apply ``overlay(directory, namespace)`` (a :func:`write_overlay`) into a fresh

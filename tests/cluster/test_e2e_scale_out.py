@@ -11,7 +11,6 @@ namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,11 @@ import numpy as np
 import pytest
 from e2e import (
     IMAGE,
-    KUBECONFIG,
     OWN_NAMESPACE_MARKS,
     SUSPEND_INFER,
     create_job,
     cronjob_patch,
+    exec_python,
     kubectl,
     own_namespace,
     run_job,
@@ -182,9 +181,10 @@ def test_a_killed_reducer_pod_is_replaced_and_its_retry_publishes(namespace: str
           "two shards done", timeout_s=600)  # fmt: skip
     (reducer,) = pods_of(namespace, name, "Running")
     index = reducer["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
-    claim = "/var/lib/taxi-job/artifacts/partials/train-killed/REDUCER"
-    until(lambda: exec_python(namespace, holder, f"print(open({claim!r}).read())", check=False)
-          .strip() == index, "the reducer's claim")  # fmt: skip
+    claim = "/var/lib/taxi-job/artifacts/partials/train-killed/.claim-REDUCER"
+    read = f"import json; print(json.load(open({claim!r}))['shard'])"
+    until(lambda: exec_python(namespace, holder, read, check=False).strip() == index,
+          "the reducer's claim")  # fmt: skip
     kubectl("-n", namespace, "delete", "pod", reducer["metadata"]["name"], "--grace-period=0",
             "--force")  # fmt: skip
     replacement = until(lambda: [p for p in pods_of(namespace, name, "Running") if
@@ -223,16 +223,6 @@ def pods_of(namespace: str, job: str, phase: str) -> list[dict[str, Any]]:
         for p in pods
         if p["status"].get("phase") == phase and not p["metadata"].get("deletionTimestamp")
     ]
-
-
-def exec_python(namespace: str, job: str, code: str, *, check: bool = True) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "exec", f"job/{job}", "--",
-         "python", "-c", code],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0 or not check, result.stderr
-    return result.stdout
 
 
 LIST_PREDICTIONS = """

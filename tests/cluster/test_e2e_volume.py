@@ -1,7 +1,8 @@
 """The shared-volume protocol on a real cluster: a fresh install's first scheduled `infer`
-succeeds while it waits for a model; three `infer` Jobs started at once (every pod pid 1)
-publish each output exactly once, whole; a bad file in the queue goes to `rejected/`, the
-Job that found it fails at once, and the next run is clean.
+succeeds while it waits for a model; three `infer` Jobs started while a fourth is frozen
+before publishing (every pod pid 1) publish each output exactly once, whole; a bad file
+in the queue goes to `rejected/`, the Job that found it fails at once, and the next run is
+clean.
 
 Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
 image the cluster's node has (k8s-local: ``load-image``). Everything happens in a
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e import OWN_NAMESPACE_MARKS, condition, job_ended, kubectl, run_job
+from e2e import OWN_NAMESPACE_MARKS, condition, exec_python, job_ended, kubectl, run_job
 from test_e2e_models import namespace  # noqa: F401 - the fixture: the repository, deployed
 
 from job.errors import EXIT_BAD_INPUT
@@ -25,7 +26,27 @@ pytestmark = OWN_NAMESPACE_MARKS
 
 VOLUME = "/var/lib/taxi-job"
 BIG = "yellow_tripdata_2021-04.parquet"
-BIG_ROWS = 2_000_000  # a few seconds to predict: the three runs overlap
+BIG_ROWS = 2_000_000
+
+#: A real `taxi-job infer` frozen after writing its first input's predictions, before it
+#: publishes them (it waits for a file on the volume): the other runs overlap it for sure,
+#: however fast they predict, and it still holds, and renews, its claim.
+FROZEN = f"""
+import pathlib, sys, time
+from job import inference
+from job.cli import cli
+predict = inference._predict_file
+def frozen(source, *args, **kwargs):
+    out = predict(source, *args, **kwargs)
+    marker = pathlib.Path("{VOLUME}/artifacts/frozen")
+    if not marker.exists():
+        marker.write_text(source.name)
+        while not pathlib.Path("{VOLUME}/artifacts/go").exists():
+            time.sleep(0.2)
+    return out
+inference._predict_file = frozen
+cli.main(sys.argv[1:], prog_name="taxi-job")
+"""
 
 READ_VOLUME = f"""
 import json, os, pyarrow.parquet as pq
@@ -97,13 +118,26 @@ def test_first_minute_overlapping_infers_and_quarantine(namespace: str) -> None:
     put = f"printf 'PAR1 not parquet' > {bad}.part && mv {bad}.part {bad}"
     run_job(namespace, infer_job(namespace, "put-bad", command=["sh", "-c", put]))
 
-    # 3. Three infer runs at once: each input predicted by exactly one, the bad file
-    # rejected by exactly one (its Job fails at once), nobody fails confusingly.
+    # 3. Three infer runs while a fourth is frozen before publishing its first input:
+    # that input is busy for all three; every other input predicted by exactly one, the
+    # bad file rejected by exactly one (its Job fails at once), nobody fails confusingly.
+    kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(
+        infer_job(namespace, "frozen", command=["python", "-c", FROZEN, "infer"])))  # fmt: skip
+    marker = f"{VOLUME}/artifacts/frozen"
+    read_marker = f"import os; print(open({marker!r}).read() if os.path.exists({marker!r}) else '')"
+    deadline = time.monotonic() + 300
+    while not (held := exec_python(namespace, "frozen", read_marker, check=False).strip()):
+        assert time.monotonic() < deadline, "the frozen infer never reached its publish"
+        time.sleep(2)  # polling the volume's state, not timing the runs
     names = [f"infer-by-hand-{k}" for k in range(3)]
     for name in names:
         kubectl("-n", namespace, "create", "-f", "-",
                 stdin=json.dumps(infer_job(namespace, name)))  # fmt: skip
     results = [finished(namespace, name) for name in names]
+    assert all(r[2]["inputs_busy"] >= 1 for r in results), results  # they overlapped it
+    exec_python(namespace, "frozen", f"open('{VOLUME}/artifacts/go', 'w')")
+    results.append(finished(namespace, "frozen"))
+    assert results[-1][2]["outputs"][0].endswith("/" + held), results[-1]
     rejecting = [r for r in results if r[2].get("inputs_rejected")]
     assert len(rejecting) == 1, results
     assert rejecting[0][:2] == ("Failed", EXIT_BAD_INPUT)
