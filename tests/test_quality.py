@@ -330,6 +330,13 @@ def test_the_termination_log_drops_the_records_first(months, tmp_path):
     # the run's own figures and its (short) lists stay whole
     for key in ("rows_scored", "rmse_live", "psi_pickup", "psi_dropoff", "outputs"):
         assert kept[key] == summary[key]
+    # a run with more outputs than fit: the records go, then the outputs are cut
+    busy = {**many, "outputs": [f"/predictions/{k:04d}.parquet" for k in range(400)]}
+    kept = json.loads(fit_json(busy))
+    assert len(json.dumps(kept)) <= 4096
+    assert "input_records" not in kept and kept["input_records_omitted"] == 90
+    assert 0 < len(kept["outputs"]) < 400 and kept["outputs_omitted"] == 400 - len(kept["outputs"])
+    assert kept["rmse_live"] == summary["rmse_live"]
 
 
 def test_psi_of_equal_mixes_is_zero_and_grows_with_a_shift():
