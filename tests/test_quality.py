@@ -361,13 +361,22 @@ def test_histogram_counts_beyond_the_edges_in_the_outer_bins():
     assert (counts[0], counts[-1], counts[60]) == (3, 3, 2)
 
 
-def test_zone_sums_handle_ids_beyond_the_dense_table():
-    sums = quality.ZoneSums(width=2)
-    ids = np.array([-1, 5, 5, 600, -7, 600, 510])
-    sums.add(ids, np.arange(7.0))
-    assert sums.counts() == {"-7": 1, "-1": 1, "5": 2, "510": 1, "600": 2}
-    got = {zone: values[1] for zone, values in sums.items()}
-    assert got == {-7: 4.0, -1: 0.0, 5: 3.0, 510: 6.0, 600: 8.0}
+def test_zone_counts_handle_ids_beyond_the_dense_table():
+    counts = quality.ZoneCounts()
+    counts.add(np.array([-1, 5, 5, 600, -7, 600, 510]))
+    counts.add(np.array([5, 2**40]))
+    other = quality.ZoneCounts()
+    other.add(np.array([600, 1]))
+    counts.merge(other)
+    assert counts.counts() == {
+        "-7": 1,
+        "-1": 1,
+        "1": 1,
+        "5": 3,
+        "510": 1,
+        "600": 3,
+        "1099511627776": 1,
+    }
 
 
 @pytest.mark.parametrize(
