@@ -200,6 +200,8 @@ class Outcome:
     rejected: dict[str, Any] | None = None
     live: quality.Live | None = None
     """A predicted input's rows, predicted minutes, zone mixes and live error."""
+    input: str | None = None
+    """A predicted input, as the user named it."""
     input_mtime: str | None = None
     """A predicted input's modification time, ISO UTC."""
 
@@ -234,9 +236,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
     ]
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
-    summary = _infer_summary(
-        artifact.version, outcomes, started, artifact.metadata, [s.uri for s in sources]
-    )
+    summary = _infer_summary(artifact.version, outcomes, started, artifact.metadata)
     rejected = summary["rejected"]
     if rejected:
         first = rejected[0]
@@ -259,7 +259,6 @@ def _infer_summary(
     outcomes: list[tuple[Path, Outcome]],
     started: float,
     metadata: dict[str, Any],
-    inputs: list[str] | None = None,
 ) -> dict[str, Any]:
     def count(kind: str) -> int:
         return sum(o.kind == kind for _, o in outcomes)
@@ -267,14 +266,14 @@ def _infer_summary(
     # The run's figures from the inputs' sums and counts, not from their averages.
     run = quality.Live()
     records = []
-    for (output, outcome), uri in zip(outcomes, inputs or [], strict=True):
+    for output, outcome in outcomes:
         if outcome.live is None:
             continue
         run.merge(outcome.live)
         fields = outcome.live.fields(metadata)
         records.append(
             {
-                "input": uri,
+                "input": outcome.input,
                 "output": str(output),
                 "rows": outcome.live.rows,
                 "rows_scored": fields.pop("rows_scored"),
@@ -356,7 +355,9 @@ def _infer_one(
             else:
                 logger.info("predicted %s", source.uri, extra={"rows": live.rows})
                 mtime = _iso_utc(fingerprint.get("mtime_ns"))
-                return Outcome("predicted", live.rows, live=live, input_mtime=mtime)
+                return Outcome(
+                    "predicted", live.rows, live=live, input=source.uri, input_mtime=mtime
+                )
         if not os.path.lexists(source.path):
             # Another run set it aside (or a person removed it) after our first look.
             logger.info("%s: gone from the queue; nothing to do", source.uri)

@@ -1,14 +1,15 @@
 """How good the model is and how far new trips are from its training: one computation,
-shared by ``train`` (the evaluation records kept with a model version) and ``infer`` (the
-live error and drift of each input), from which the summary, the metrics and the report
-all derive.
+shared by ``train`` (the records a model version keeps of its training and evaluation
+rows) and ``infer`` (the live error and drift of each input), from which the summary, the
+metrics and the report all derive.
 
-Everything is a streaming accumulator over the numpy batches :mod:`job.reading` yields:
-memory depends on the zones and the fixed bins below, never on the rows, and the result is
-exact (counts are counts; sums are float sums of the rows, the same whatever a batch's
-size). Histograms have fixed edges, so records of different versions and inputs line up;
-a value beyond the outer edges is counted in the outer bin (``np.clip`` first), so every
-histogram's counts add up to its rows.
+Everything streams over the numpy batches :mod:`job.reading` yields, in the same pass as
+the training's statistics or the predictions: memory depends on the zones and the fixed
+bins below, never on the rows. Counts are exact; error sums are float sums over the rows
+(or, per zone, over the zone pairs' sums: a prediction is one per pair). Histograms have
+fixed edges, so the records of different versions and inputs line up; a value beyond the
+outer edges is counted in the outer bin (``np.clip`` first), so a histogram's counts add
+up to its rows.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import numpy as np
 
 from job.model import DENSE_SPAN, Model, PairStats
 
-#: The proportion a zone gets on the side of a PSI where it has no row: without a floor the
-#: index is infinite as soon as one new zone appears (a common choice, small enough not to
-#: matter when the zone is absent on both sides... which it never is: bins are the union).
+#: The proportion a zone gets on the side of a PSI where it has no row: without a floor
+#: one zone new to the inputs (or gone from them) makes the index infinite.
 PSI_FLOOR = 1e-6
 
 #: Rows worked on at a time: the temporaries of a slice stay in the CPU's cache (scoring
@@ -113,59 +113,44 @@ def psi(expected: Mapping[str, float], actual: Mapping[str, float]) -> float | N
 
 
 @dataclass
-class ZoneSums:
-    """Per zone id: a row count and ``width - 1`` float sums, streamed. Ids from -1 (null)
-    to ``DENSE_SPAN - 2`` go to a dense table (TLC zones are 1..265), others to a dict."""
+class ZoneCounts:
+    """Rows per zone id, streamed. Ids from -1 (null) to ``DENSE_SPAN - 2`` are counted in
+    a dense table (TLC zones are 1..265), others in a dict."""
 
-    width: int = 1
-    _dense: np.ndarray = field(init=False)
-    _sparse: dict[int, np.ndarray] = field(init=False, default_factory=dict)
+    _dense: np.ndarray = field(default_factory=lambda: np.zeros(DENSE_SPAN, dtype=np.int64))
+    _sparse: dict[int, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._dense = np.zeros((self.width, DENSE_SPAN))
-
-    def add(self, ids: np.ndarray, *weights: np.ndarray) -> None:
-        """Count ``ids`` and add each of ``weights`` (one value per id) to their sums."""
+    def add(self, ids: np.ndarray) -> None:
+        """Count ``ids``."""
         if ids.size == 0:
             return
         low, high = int(ids.min()), int(ids.max())
         if low < -1 or high > DENSE_SPAN - 2:
             inside = (ids >= -1) & (ids <= DENSE_SPAN - 2)
-            keys, inverse = np.unique(ids[~inside], return_inverse=True)
-            columns = [np.bincount(inverse)]
-            columns += [np.bincount(inverse, weights=w[~inside]) for w in weights]
-            for k, key in enumerate(keys.tolist()):
-                slot = self._sparse.setdefault(key, np.zeros(self.width))
-                slot += [c[k] for c in columns]
+            keys, counts = np.unique(ids[~inside], return_counts=True)
+            for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+                self._sparse[key] = self._sparse.get(key, 0) + count
             ids = ids[inside]
-            weights = tuple(w[inside] for w in weights)
             if ids.size == 0:
                 return
             high = int(ids.max())
-        code = ids + 1
-        size = high + 2
-        self._dense[0, :size] += np.bincount(code, minlength=size)
-        for row, w in enumerate(weights, start=1):
-            self._dense[row, :size] += np.bincount(code, weights=w, minlength=size)
+        self.add_counts(np.bincount(ids + 1, minlength=high + 2))
 
     def add_counts(self, counts: np.ndarray) -> None:
         """Add row counts of the ids -1, 0, 1, ... (``counts[id + 1]``)."""
-        self._dense[0, : counts.size] += counts
+        self._dense[: counts.size] += counts
 
-    def merge(self, other: ZoneSums) -> None:
+    def merge(self, other: ZoneCounts) -> None:
         self._dense += other._dense
-        for key, values in other._sparse.items():
-            self._sparse.setdefault(key, np.zeros(self.width))[:] += values
-
-    def items(self) -> list[tuple[int, np.ndarray]]:
-        """``(zone, [rows, sums...])`` of every zone with a row, by zone id."""
-        found = [(int(z) - 1, self._dense[:, z]) for z in np.flatnonzero(self._dense[0])]
-        found += [(k, v) for k, v in self._sparse.items() if v[0] > 0]
-        return sorted(found, key=lambda item: item[0])
+        for key, count in other._sparse.items():
+            self._sparse[key] = self._sparse.get(key, 0) + count
 
     def counts(self) -> dict[str, int]:
-        """``{"<zone>": rows}`` (null as "-1"), the keys of the model's vocabulary."""
-        return {str(zone): int(values[0]) for zone, values in self.items()}
+        """``{"<zone>": rows}`` by zone id (null as "-1"), the keys of the model's
+        vocabulary."""
+        found = {int(z) - 1: int(self._dense[z]) for z in np.flatnonzero(self._dense)}
+        found.update((k, v) for k, v in self._sparse.items() if v)
+        return {str(zone): found[zone] for zone in sorted(found)}
 
 
 def _counts(values: np.ndarray) -> list[int]:
@@ -281,9 +266,9 @@ class Live:
     predicted_sum: float = 0.0
     rows_scored: int = 0
     sse: float = 0.0
-    pickup: ZoneSums = field(default_factory=ZoneSums)
+    pickup: ZoneCounts = field(default_factory=ZoneCounts)
     """Rows per pickup zone (see :attr:`pairs`)."""
-    dropoff: ZoneSums = field(default_factory=ZoneSums)
+    dropoff: ZoneCounts = field(default_factory=ZoneCounts)
     pairs: np.ndarray | None = field(default=None, repr=False, compare=False)
     """Rows per (pickup, drop-off) pair at ``(pu + 1) * DENSE_SPAN + (do + 1)`` not yet
     added to :attr:`pickup` and :attr:`dropoff`: :meth:`finish` does (2 MiB each)."""

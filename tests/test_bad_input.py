@@ -178,10 +178,9 @@ def test_a_bad_input_of_the_queue_is_quarantined_and_the_good_ones_published(
     assert message["exit_code"] == EXIT_BAD_INPUT and message["rejected"] == summary["rejected"]
     assert describe_summary("infer", message) == (
         f"2 inputs, 200 rows, 1 rejected ({bad.name}), "
-        f"rmse live {summary['rmse_live']:.3f} on {summary['rows_scored']} rows scored "
+        f"rmse live {summary['rmse_live']:.3f} on 200 rows scored "
         f"(model {summary['model_version']})"
     )
-    assert summary["rows_scored"] == 200
     # The next run is clean: nothing left to do.
     again = run(args)
     assert again.exit_code == 0, again.output

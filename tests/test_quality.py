@@ -330,6 +330,13 @@ def test_the_termination_log_drops_the_records_first(months, tmp_path):
     # the run's own figures and its (short) lists stay whole
     for key in ("rows_scored", "rmse_live", "psi_pickup", "psi_dropoff", "outputs"):
         assert kept[key] == summary[key]
+    # a run with more outputs than fit: the records go, then the outputs are cut
+    busy = {**many, "outputs": [f"/predictions/{k:04d}.parquet" for k in range(400)]}
+    kept = json.loads(fit_json(busy))
+    assert len(json.dumps(kept)) <= 4096
+    assert "input_records" not in kept and kept["input_records_omitted"] == 90
+    assert 0 < len(kept["outputs"]) < 400 and kept["outputs_omitted"] == 400 - len(kept["outputs"])
+    assert kept["rmse_live"] == summary["rmse_live"]
 
 
 def test_psi_of_equal_mixes_is_zero_and_grows_with_a_shift():
@@ -354,13 +361,22 @@ def test_histogram_counts_beyond_the_edges_in_the_outer_bins():
     assert (counts[0], counts[-1], counts[60]) == (3, 3, 2)
 
 
-def test_zone_sums_handle_ids_beyond_the_dense_table():
-    sums = quality.ZoneSums(width=2)
-    ids = np.array([-1, 5, 5, 600, -7, 600, 510])
-    sums.add(ids, np.arange(7.0))
-    assert sums.counts() == {"-7": 1, "-1": 1, "5": 2, "510": 1, "600": 2}
-    got = {zone: values[1] for zone, values in sums.items()}
-    assert got == {-7: 4.0, -1: 0.0, 5: 3.0, 510: 6.0, 600: 8.0}
+def test_zone_counts_handle_ids_beyond_the_dense_table():
+    counts = quality.ZoneCounts()
+    counts.add(np.array([-1, 5, 5, 600, -7, 600, 510]))
+    counts.add(np.array([5, 2**40]))
+    other = quality.ZoneCounts()
+    other.add(np.array([600, 1]))
+    counts.merge(other)
+    assert counts.counts() == {
+        "-7": 1,
+        "-1": 1,
+        "1": 1,
+        "5": 3,
+        "510": 1,
+        "600": 3,
+        "1099511627776": 1,
+    }
 
 
 @pytest.mark.parametrize(
