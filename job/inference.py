@@ -216,6 +216,8 @@ def infer(config: InferConfig) -> dict[str, Any]:
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
     summary = _infer_summary(artifact.version, outcomes, started)
+    # The model's own evaluation RMSE: what its live RMSE is held against (job.metrics).
+    summary["model_rmse_eval"] = artifact.metadata.get("metrics", {}).get("rmse_eval")
     rejected = summary["rejected"]
     if rejected:
         first = rejected[0]

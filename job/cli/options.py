@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -48,6 +49,17 @@ lock_timeout_option = option(
     default=0.0,
     show_default=True,
     help="Seconds to wait when a training or a promotion holds the lock.",
+)
+
+
+#: Where a run pushes its metrics at its end (train, infer, models promote|prune,
+#: sample-data, fetch); empty: nowhere. See job.metrics.
+pushgateway_option = option(
+    "--pushgateway",
+    metavar="URL",
+    default=None,
+    help="Push the run's Prometheus metrics to this Pushgateway at its end "
+    "(http://HOST:9091); a Pushgateway that fails costs a warning, never the run.",
 )
 
 
@@ -193,32 +205,80 @@ def _reporting(
         log_format: str,
         output_format: str,
         termination_log: Path | None,
+        pushgateway: str | None = None,
         **kwargs: Any,
     ) -> None:
         logs.configure(verbose - quiet, log_format)
+        started = time.time()
+        ran: dict[str, Any] = {}  # the summary, once there is one
+        code = EXIT_UNEXPECTED
         try:
-            summary = func(*args, **kwargs)
-        except InputsRejectedError as exc:  # the rest of the run was done: report it too
-            click.echo(
-                json.dumps(exc.summary, default=str)
-                if output_format == "json"
-                else text(exc.summary)
-            )
-            fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
-        except TaxiJobError as exc:
-            fail(exc.exit_code, str(exc), termination_log, verbose > 0)
-        except click.ClickException:
+            _run(func, args, kwargs, text, payload, output_format, termination_log, verbose, ran)
+            code = 0
+        except SystemExit as exit_:  # fail(), or SIGTERM (see job.cli.main)
+            code = exit_.code if isinstance(exit_.code, int) else EXIT_UNEXPECTED
             raise
-        except Exception as exc:  # a bug: still one line, the traceback only with -v
-            fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
-        if output_format == "json":
-            click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
-        else:
-            click.echo(text(summary))
-        if termination_log is not None:
-            write_termination_log(termination_log, summary)
+        except click.ClickException as exc:
+            code = exc.exit_code
+            raise
+        finally:
+            if pushgateway:  # the run's metrics; an outage costs a warning, never the run
+                from job import metrics
+
+                shard = kwargs.get("shard_index") if kwargs.get("shards", 1) > 1 else None
+                metrics.push(
+                    pushgateway,
+                    metrics.RunEnd(
+                        command_name(), code, started, time.time(), ran.get("summary"), shard
+                    ),
+                )
 
     return wrapper
+
+
+def command_name() -> str:
+    """The running subcommand as one word: ``train``, ``models-promote``."""
+    names = []
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return "-".join(reversed(names))
+
+
+def _run(
+    func: Body,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    text: TextRenderer,
+    payload: JsonPayload | None,
+    output_format: str,
+    termination_log: Path | None,
+    verbose: int,
+    ran: dict[str, Any],
+) -> None:
+    """Run the command body and report its summary, or fail with its error's exit code."""
+    try:
+        summary = func(*args, **kwargs)
+    except InputsRejectedError as exc:  # the rest of the run was done: report it too
+        ran["summary"] = exc.summary
+        click.echo(
+            json.dumps(exc.summary, default=str) if output_format == "json" else text(exc.summary)
+        )
+        fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
+    except TaxiJobError as exc:
+        fail(exc.exit_code, str(exc), termination_log, verbose > 0)
+    except click.ClickException:
+        raise
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
+    ran["summary"] = summary
+    if output_format == "json":
+        click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
+    else:
+        click.echo(text(summary))
+    if termination_log is not None:
+        write_termination_log(termination_log, summary)
 
 
 def fail(
