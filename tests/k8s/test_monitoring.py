@@ -96,6 +96,15 @@ def test_the_rules_come_from_one_source(
     assert yaml.safe_load(config["data"]["taxi-job.rules.yaml"]) == source
     rule = get(both, "PrometheusRule", "taxi-job")
     assert rule["spec"] == source
+    # prometheus-operator scrapes the component's Service, keeping the pushed labels
+    monitor = get(both, "ServiceMonitor", "taxi-job-pushgateway")
+    service = get(both, "Service", "taxi-job-pushgateway")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
     # the committed PrometheusRule is what the generator makes of today's rules file
     generated = subprocess.run(
         [sys.executable, str(ROOT / "scripts/prometheusrule.py")],
