@@ -53,6 +53,12 @@ CONSECUTIVE_FAILURES = "taxi_job_consecutive_failures"
 
 GroupingKey = tuple[tuple[str, str], ...]
 
+#: The current model's version as a label, from train, infer and models promote alike.
+CURRENT_MODEL = (
+    "taxi_job_current_model_info",
+    "The current model version (label version), as this command last saw it.",
+)
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -168,8 +174,7 @@ def run_samples(run: RunEnd, previous_failures: int | None) -> list[Sample]:
         _infer(out, summary, run.finished)
     elif run.command == "models-promote":
         out.info(
-            "taxi_job_current_model_info",
-            "The current model version (label version), as this command last saw it.",
+            *CURRENT_MODEL,
             "version",
             summary.get("version"),
         )
@@ -238,8 +243,7 @@ def result_samples(summary: Mapping[str, Any] | None) -> list[Sample]:
         _timestamp(summary.get("model_created")),
     )
     out.info(
-        "taxi_job_current_model_info",
-        "The current model version (label version), as this command last saw it.",
+        *CURRENT_MODEL,
         "version",
         summary.get("current_version"),
     )
@@ -277,8 +281,7 @@ def _infer(out: _Samples, summary: Mapping[str, Any], finished: float) -> None:
             finished,
         )
     out.info(
-        "taxi_job_current_model_info",
-        "The current model version (label version), as this command last saw it.",
+        *CURRENT_MODEL,
         "version",
         summary.get("model_version"),
     )
