@@ -129,8 +129,13 @@ def settled() -> None:
     time.sleep(2.5)
 
 
-def month(make_trips: Callable[..., Path], name: str, seed: int, reversed_: bool = False) -> Path:
-    pu, do, minutes = random_trips(3000, seed)
+ROWS = 3000
+
+
+def month(make_trips: Callable[..., Path], name: str, part: int, reversed_: bool = False) -> Path:
+    """Part ``part`` (0-3) of one draw of trips: the months share their zone mix, as real
+    months do (separate draws would each have zones of their own popularity: drift)."""
+    pu, do, minutes = (a[part * ROWS : (part + 1) * ROWS] for a in random_trips(4 * ROWS, 7))
     if reversed_:  # long trips become short: the model is far off on these
         minutes = np.clip(61.0 - minutes, 1.0, 60.0)
     return make_trips(name, pu=pu.tolist(), do=do.tolist(), minutes=minutes.tolist())
@@ -139,10 +144,10 @@ def month(make_trips: Callable[..., Path], name: str, seed: int, reversed_: bool
 def test_healthy_runs_raise_no_alert_then_failures_raise_theirs(
     tmp_path: Path, make_trips: Callable[..., Path], pushgateway: str, prometheus: str
 ) -> None:
-    jan, feb = month(make_trips, "jan.parquet", 1), month(make_trips, "feb.parquet", 2)
+    jan, feb = month(make_trips, "jan.parquet", 0), month(make_trips, "feb.parquet", 1)
     artifacts, incoming = tmp_path / "artifacts", tmp_path / "incoming"
     incoming.mkdir()
-    (incoming / "mar.parquet").write_bytes(month(make_trips, "mar.parquet", 3).read_bytes())
+    (incoming / "mar.parquet").write_bytes(month(make_trips, "mar.parquet", 2).read_bytes())
     train = [
         "train",
         "--train-data",
@@ -220,7 +225,7 @@ def test_a_model_worse_on_the_newest_month_raises_the_live_rmse_alert(
     tmp_path: Path, make_trips: Callable[..., Path], pushgateway: str, prometheus: str
 ) -> None:
     """Needs infer's live RMSE (``rmse_live``, ``rows_scored`` in its summary)."""
-    jan, feb = month(make_trips, "jan.parquet", 1), month(make_trips, "feb.parquet", 2)
+    jan, feb = month(make_trips, "jan.parquet", 0), month(make_trips, "feb.parquet", 1)
     artifacts, incoming = tmp_path / "artifacts", tmp_path / "incoming"
     incoming.mkdir()
     train = [
@@ -236,7 +241,7 @@ def test_a_model_worse_on_the_newest_month_raises_the_live_rmse_alert(
     code, trained = taxi_job(*train, pushgateway=pushgateway)
     assert code == 0
 
-    (incoming / "mar.parquet").write_bytes(month(make_trips, "mar.parquet", 3).read_bytes())
+    (incoming / "mar.parquet").write_bytes(month(make_trips, "mar.parquet", 2).read_bytes())
     code, healthy = taxi_job(*infer, pushgateway=pushgateway)
     assert code == 0
     assert healthy["rows_scored"] > 1000
@@ -244,11 +249,15 @@ def test_a_model_worse_on_the_newest_month_raises_the_live_rmse_alert(
     live = 'taxi_job_infer_live_rmse_seconds{command="infer"}'
     eventually(lambda: scalar(prometheus, live), "the live RMSE in Prometheus")
     assert scalar(prometheus, live) == pytest.approx(healthy["rmse_live"] * MINUTE, rel=1e-12)
+    for end in ("pickup", "dropoff"):  # the months share their zone mix: no drift
+        psi = scalar(prometheus, f'taxi_job_infer_zone_psi{{command="infer",trip_end="{end}"}}')
+        assert psi == pytest.approx(healthy[f"psi_{end}"], rel=1e-12) and psi < 0.25
     settled()
     assert "TaxiJobLiveRmseDegraded" not in alerts(prometheus)
+    assert "TaxiJobInputDrift" not in alerts(prometheus)
 
     (incoming / "apr.parquet").write_bytes(
-        month(make_trips, "apr.parquet", 4, reversed_=True).read_bytes()
+        month(make_trips, "apr.parquet", 3, reversed_=True).read_bytes()
     )
     code, degraded = taxi_job(*infer, pushgateway=pushgateway)
     assert code == 0 and degraded["inputs_predicted"] == 1
