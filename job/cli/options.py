@@ -211,7 +211,7 @@ def _reporting(
     ) -> None:
         logs.configure(verbose - quiet, log_format)
         started = time.time()
-        ran: dict[str, Any] = {}  # the summary, once there is one
+        ran: dict[str, Any] = {}  # the summary and the error, once there are any
         code = EXIT_UNEXPECTED
         try:
             _run(func, args, kwargs, text, payload, output_format, termination_log, verbose, ran)
@@ -222,7 +222,7 @@ def _reporting(
         except click.ClickException as exc:
             code = exc.exit_code
             raise
-        finally:
+        finally:  # the hooks at every run's end, success or failure: one call each
             if pushgateway:
                 shard = kwargs.get("shard_index") if kwargs.get("shards", 1) > 1 else None
                 push_metrics(pushgateway, code, started, ran.get("summary"), shard)
@@ -265,21 +265,25 @@ def _run(
     verbose: int,
     ran: dict[str, Any],
 ) -> None:
-    """Run the command body and report its summary, or fail with its error's exit code."""
+    """Run the command body and report its summary, or fail with its error's exit code;
+    leave in ``ran`` what the hooks at the run's end need: its summary, its error."""
     try:
         summary = func(*args, **kwargs)
     except InputsRejectedError as exc:  # the rest of the run was done: report it too
-        ran["summary"] = exc.summary
+        ran.update(summary=exc.summary, error=str(exc))
         click.echo(
             json.dumps(exc.summary, default=str) if output_format == "json" else text(exc.summary)
         )
         fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
     except TaxiJobError as exc:
+        ran["error"] = str(exc)
         fail(exc.exit_code, str(exc), termination_log, verbose > 0)
-    except click.ClickException:
+    except click.ClickException as exc:
+        ran["error"] = exc.format_message()
         raise
     except Exception as exc:  # a bug: still one line, the traceback only with -v
-        fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
+        ran["error"] = f"unexpected error: {exc!r}"
+        fail(EXIT_UNEXPECTED, ran["error"], termination_log, True)
     ran["summary"] = summary
     if output_format == "json":
         click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
