@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,17 @@ from job.cli.options import (
     lock_timeout_option,
     option,
     pushgateway_option,
+    render_text,
     reporting,
 )
 from job.errors import BadInputError
+
+
+def render_infer(summary: Mapping[str, Any]) -> str:
+    """An infer summary as text, without its per-input records (one line each would bury
+    the run's figures; ``--output-format json`` has them)."""
+    return render_text({k: v for k, v in summary.items() if k != "input_records"})
+
 
 shards_option = option(
     "--shards",
@@ -144,7 +153,7 @@ def train(**options: Any) -> dict[str, Any]:
 @shard_index_option
 @pushgateway_option
 @common_options
-@reporting
+@reporting(text=render_infer)
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])
