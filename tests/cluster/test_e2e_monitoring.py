@@ -159,6 +159,11 @@ def test_the_cronjobs_pods_push_to_the_in_cluster_pushgateway(namespace: str) ->
     assert series[("taxi_job_current_model_info", group("infer", version=version))] == 1
     assert series[("taxi_job_infer_rows_predicted", group("infer"))] == inferred["rows_predicted"]
     assert series[("taxi_job_last_exit_code", group("infer"))] == 0
+    # the seeded input has drop-off times: the model's live error, from the pod's summary
+    assert inferred["rows_scored"] > 0
+    assert series[("taxi_job_infer_live_rmse_seconds", group("infer"))] == pytest.approx(
+        inferred["rmse_live"] * 60, rel=1e-12
+    )
     # the failure kept the success's time and counts as the first failure in a row
     assert series[("taxi_job_consecutive_failures", group("train"))] >= 1
     success = series[("taxi_job_last_success_timestamp_seconds", group("train"))]
