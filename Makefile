@@ -41,6 +41,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --markdown $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python benchmarks/monitoring.py --markdown
 
 # A year in one process against 2 shards side by side (README "Scaling out").
 bench-scale: install

@@ -294,6 +294,8 @@ def _infer_summary(
         "rejected": [o.rejected for _, o in outcomes if o.rejected is not None],
         "waiting_for_model": version is None,
         **run.fields(metadata),
+        # The model's own evaluation RMSE: what its live RMSE is held against (job.metrics).
+        "model_rmse_eval": metadata.get("metrics", {}).get("rmse_eval"),
         "input_records": records,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -9,7 +9,7 @@ import click
 
 from job import fetch as fetching
 from job import sample
-from job.cli.options import common_options, option, reporting
+from job.cli.options import common_options, option, pushgateway_option, reporting
 from job.envvars import envvar
 
 
@@ -68,6 +68,7 @@ month_option = option(
     type=click.Path(file_okay=False, path_type=Path),
     envvar=envvar("out"),
 )
+@pushgateway_option
 @common_options
 @reporting
 def sample_data(months: list[str], rows: int, seed: int | None, out: Path) -> dict[str, Any]:
@@ -129,6 +130,7 @@ def sample_data(months: list[str], rows: int, seed: int | None, out: Path) -> di
     type=click.Path(file_okay=False, path_type=Path),
     envvar=envvar("dir"),
 )
+@pushgateway_option
 @common_options
 @reporting
 def fetch(

@@ -19,6 +19,7 @@ from job.cli.options import (
     common_options,
     lock_timeout_option,
     option,
+    pushgateway_option,
     render_columns,
     render_text,
     reporting,
@@ -166,6 +167,7 @@ def show(version: str, artifacts: Path) -> Mapping[str, Any]:
     help="Who, for the promotion history.  [default: user@host]",
 )
 @lock_timeout_option
+@pushgateway_option
 @common_options
 @reporting
 def promote(
@@ -185,6 +187,7 @@ def promote(
     help="Keep the newest N versions, and always the current one and the one it replaced.",
 )
 @lock_timeout_option
+@pushgateway_option
 @common_options
 @reporting
 def prune(artifacts: Path, keep: int, lock_timeout: float) -> Mapping[str, Any]:

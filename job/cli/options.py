@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -48,6 +49,17 @@ lock_timeout_option = option(
     default=0.0,
     show_default=True,
     help="Seconds to wait when a training or a promotion holds the lock.",
+)
+
+
+#: Where a run pushes its metrics at its end (train, infer, models promote|prune,
+#: sample-data, fetch); empty: nowhere. See job.metrics.
+pushgateway_option = option(
+    "--pushgateway",
+    metavar="URL",
+    default=None,
+    help="Push the run's Prometheus metrics to this Pushgateway at its end "
+    "(http://HOST:9091); a Pushgateway that fails costs a warning, never the run.",
 )
 
 
@@ -181,7 +193,8 @@ def reporting(
     payload: JsonPayload | None = None,
 ) -> Callable[..., None] | Callable[[Body], Callable[..., None]]:
     """Wrap a command body that returns its summary: configure logging, print the summary,
-    and turn the project's exceptions into one clear line on stderr and their exit code.
+    and turn the project's exceptions into one clear line on stderr and their exit code;
+    then, success or failure, push the run's metrics (``--pushgateway``, job.metrics).
 
     ``@reporting(text=...)`` renders the text summary its own way (a table, say);
     ``payload`` picks what ``--output-format json`` prints (a list, say; the termination
@@ -202,32 +215,91 @@ def _reporting(
         log_format: str,
         output_format: str,
         termination_log: Path | None,
+        pushgateway: str | None = None,
         **kwargs: Any,
     ) -> None:
         logs.configure(verbose - quiet, log_format)
+        started = time.time()
+        ran: dict[str, Any] = {}  # the summary and the error, once there are any
+        code = EXIT_UNEXPECTED
         try:
-            summary = func(*args, **kwargs)
-        except InputsRejectedError as exc:  # the rest of the run was done: report it too
-            click.echo(
-                json.dumps(exc.summary, default=str)
-                if output_format == "json"
-                else text(exc.summary)
-            )
-            fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
-        except TaxiJobError as exc:
-            fail(exc.exit_code, str(exc), termination_log, verbose > 0)
-        except click.ClickException:
+            _run(func, args, kwargs, text, payload, output_format, termination_log, verbose, ran)
+            code = 0
+        except SystemExit as exit_:  # fail(), or SIGTERM (see job.cli.main)
+            code = exit_.code if isinstance(exit_.code, int) else EXIT_UNEXPECTED
             raise
-        except Exception as exc:  # a bug: still one line, the traceback only with -v
-            fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
-        if output_format == "json":
-            click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
-        else:
-            click.echo(text(summary))
-        if termination_log is not None:
-            write_termination_log(termination_log, summary)
+        except click.ClickException as exc:
+            code = exc.exit_code
+            raise
+        finally:  # the hooks at every run's end, success or failure: one call each
+            if pushgateway:
+                shard = kwargs.get("shard_index") if kwargs.get("shards", 1) > 1 else None
+                push_metrics(pushgateway, code, started, ran.get("summary"), shard)
 
     return wrapper
+
+
+def push_metrics(
+    url: str, code: int, started: float, summary: Mapping[str, Any] | None, shard: int | None
+) -> None:
+    """The run's metrics to the Pushgateway (job.metrics). Whatever goes wrong here costs a
+    warning: it runs on the way out of every run, also while its exit code is raised."""
+    try:
+        from job import metrics  # only when pushing: its imports cost ~30 ms
+
+        run = metrics.RunEnd(command_name(), code, started, time.time(), summary, shard)
+        metrics.push(url, run)
+    except Exception as exc:  # noqa: BLE001 - monitoring never changes a run's outcome
+        logger.warning("metrics not pushed to %s: %r", url, exc)
+
+
+def command_name() -> str:
+    """The running subcommand as one word: ``train``, ``models-promote``."""
+    names = []
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return "-".join(reversed(names))
+
+
+def _run(
+    func: Body,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    text: TextRenderer,
+    payload: JsonPayload | None,
+    output_format: str,
+    termination_log: Path | None,
+    verbose: int,
+    ran: dict[str, Any],
+) -> None:
+    """Run the command body and report its summary, or fail with its error's exit code;
+    leave in ``ran`` what the hooks at the run's end need: its summary, its error."""
+    try:
+        summary = func(*args, **kwargs)
+    except InputsRejectedError as exc:  # the rest of the run was done: report it too
+        ran.update(summary=exc.summary, error=str(exc))
+        click.echo(
+            json.dumps(exc.summary, default=str) if output_format == "json" else text(exc.summary)
+        )
+        fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
+    except TaxiJobError as exc:
+        ran["error"] = str(exc)
+        fail(exc.exit_code, str(exc), termination_log, verbose > 0)
+    except click.ClickException as exc:
+        ran["error"] = exc.format_message()
+        raise
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        ran["error"] = f"unexpected error: {exc!r}"
+        fail(EXIT_UNEXPECTED, ran["error"], termination_log, True)
+    ran["summary"] = summary
+    if output_format == "json":
+        click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
+    else:
+        click.echo(text(summary))
+    if termination_log is not None:
+        write_termination_log(termination_log, summary)
 
 
 def fail(

@@ -14,6 +14,7 @@ from job.cli.options import (
     common_options,
     lock_timeout_option,
     option,
+    pushgateway_option,
     render_text,
     reporting,
 )
@@ -116,6 +117,7 @@ def _require_shard_index(shards: int) -> None:
     metavar="ID",
     help="The training all shards belong to (on Kubernetes: the Job's name); with --shards>1.",
 )
+@pushgateway_option
 @common_options
 @reporting
 def train(**options: Any) -> dict[str, Any]:
@@ -153,6 +155,7 @@ def train(**options: Any) -> dict[str, Any]:
 )
 @shards_option
 @shard_index_option
+@pushgateway_option
 @common_options
 @reporting(text=render_infer)
 def infer(**options: Any) -> dict[str, Any]:

@@ -282,6 +282,7 @@ def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
     for stub in (
         repo / ".ci" / "setup-tools",
         repo / ".ci" / "build-image",
+        repo / ".ci" / "build-pushgateway-image",
         bin_dir / "make",
         *(shared / name for name in ("up", "down", "env", "load-image")),
     ):
@@ -330,6 +331,9 @@ def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
         ["up"],
         ["env"],
         ["load-image", image],
+        # the monitoring suite's Pushgateway, built and loaded once the cluster is up
+        ["build-pushgateway-image", "localhost/taxi-job-pushgateway:debian"],
+        ["load-image", "localhost/taxi-job-pushgateway:debian"],
         ["in-private-clone", "make"],
         ["make", "test"],
         ["env", "REQUIRE=1"],
