@@ -19,6 +19,7 @@ import click
 from job import logs
 from job.envvars import envvar
 from job.errors import EXIT_UNEXPECTED, InputsRejectedError, TaxiJobError
+from job.volume import now_utc
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +157,18 @@ def write_termination_log(path: Path, summary: Mapping[str, Any]) -> None:
 Body = Callable[..., Mapping[str, Any]]
 TextRenderer = Callable[[Mapping[str, Any]], str]
 JsonPayload = Callable[[Mapping[str, Any]], Any]
+AfterHook = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
 
 
 @overload
 def reporting(func: Body, /) -> Callable[..., None]: ...
 @overload
 def reporting(
-    *, text: TextRenderer = ..., payload: JsonPayload | None = ...
+    *,
+    text: TextRenderer = ...,
+    payload: JsonPayload | None = ...,
+    journal: str | None = ...,
+    after: AfterHook | None = ...,
 ) -> Callable[[Body], Callable[..., None]]: ...
 def reporting(
     func: Body | None = None,
@@ -170,20 +176,57 @@ def reporting(
     *,
     text: TextRenderer = render_text,
     payload: JsonPayload | None = None,
+    journal: str | None = None,
+    after: AfterHook | None = None,
 ) -> Callable[..., None] | Callable[[Body], Callable[..., None]]:
     """Wrap a command body that returns its summary: configure logging, print the summary,
     and turn the project's exceptions into one clear line on stderr and their exit code.
 
     ``@reporting(text=...)`` renders the text summary its own way (a table, say);
     ``payload`` picks what ``--output-format json`` prints (a list, say; the termination
-    log keeps the whole summary, an object)."""
+    log keeps the whole summary, an object). ``journal`` names the command in the run
+    journal on the volume (:mod:`job.journal`, written at the end of every run of it,
+    success or failure, into the ``--artifacts`` folder); ``after`` runs last, after a
+    success is reported, with the summary and the command's options (best effort: it
+    must not raise)."""
     if func is None:
-        return functools.partial(_reporting, text=text, payload=payload)
-    return _reporting(func, text=text, payload=payload)
+        return functools.partial(
+            _reporting, text=text, payload=payload, journal=journal, after=after
+        )
+    return _reporting(func, text=text, payload=payload, journal=journal, after=after)
+
+
+def _journal(
+    command: str | None,
+    options: Mapping[str, Any],
+    started: str,
+    code: int,
+    error: str | None,
+    summary: Mapping[str, Any] | None,
+) -> None:
+    """Record the run in the journal of its ``--artifacts`` folder, if it keeps one."""
+    artifacts = options.get("artifacts")
+    if command is None or not isinstance(artifacts, Path):
+        return
+    from job import journal
+
+    journal.record(
+        artifacts,
+        command,
+        started=started,
+        finished=now_utc(),
+        exit_code=code,
+        error=error,
+        summary=summary,
+    )
 
 
 def _reporting(
-    func: Body, text: TextRenderer, payload: JsonPayload | None = None
+    func: Body,
+    text: TextRenderer,
+    payload: JsonPayload | None = None,
+    journal: str | None = None,
+    after: AfterHook | None = None,
 ) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(
@@ -196,6 +239,7 @@ def _reporting(
         **kwargs: Any,
     ) -> None:
         logs.configure(verbose - quiet, log_format)
+        started = now_utc()
         try:
             summary = func(*args, **kwargs)
         except InputsRejectedError as exc:  # the rest of the run was done: report it too
@@ -204,19 +248,26 @@ def _reporting(
                 if output_format == "json"
                 else text(exc.summary)
             )
+            _journal(journal, kwargs, started, exc.exit_code, str(exc), exc.summary)
             fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
         except TaxiJobError as exc:
+            _journal(journal, kwargs, started, exc.exit_code, str(exc), None)
             fail(exc.exit_code, str(exc), termination_log, verbose > 0)
         except click.ClickException:
             raise
         except Exception as exc:  # a bug: still one line, the traceback only with -v
-            fail(EXIT_UNEXPECTED, f"unexpected error: {exc!r}", termination_log, True)
+            message = f"unexpected error: {exc!r}"
+            _journal(journal, kwargs, started, EXIT_UNEXPECTED, message, None)
+            fail(EXIT_UNEXPECTED, message, termination_log, True)
         if output_format == "json":
             click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
         else:
             click.echo(text(summary))
         if termination_log is not None:
             write_termination_log(termination_log, summary)
+        _journal(journal, kwargs, started, 0, None, summary)
+        if after is not None:
+            after(summary, kwargs)
 
     return wrapper
 

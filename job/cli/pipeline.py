@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def _require_shard_index(shards: int) -> None:
             f"--shards {shards} needs --shard-index (TAXI_JOB_SHARD_INDEX): every process "
             "must know its share; on Kubernetes an Indexed Job gives it (components/scale-out)"
         )
+
+
+def refresh_report(summary: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """After a training that published a model, the report page on the volume
+    (``ARTIFACTS/report.html``) is drawn again, for those who serve the folder. Best
+    effort: a page that cannot be written is a warning, never a failed training."""
+    if summary.get("model_version") and isinstance(options.get("artifacts"), Path):
+        from job import report
+
+        report.refresh(options["artifacts"])
 
 
 @click.command("train")
@@ -108,7 +119,7 @@ def _require_shard_index(shards: int) -> None:
     help="The training all shards belong to (on Kubernetes: the Job's name); with --shards>1.",
 )
 @common_options
-@reporting
+@reporting(journal="train", after=refresh_report)
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
     _require_shard_index(options["shards"])
@@ -141,7 +152,7 @@ def train(**options: Any) -> dict[str, Any]:
 @shards_option
 @shard_index_option
 @common_options
-@reporting
+@reporting(journal="infer")
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])
