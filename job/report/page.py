@@ -255,35 +255,39 @@ def _eval_rmse(s: Snapshot) -> float | None:
     return current.rmse_eval if current else None
 
 
-def _points_table(points: Sequence[InputPoint]) -> str:
-    return table(
-        (
-            "PREDICTED AT",
-            "INPUT",
-            "ROWS",
-            "ROWS SCORED",
-            "RMSE (min)",
-            "PSI PICKUP",
-            "PSI DROP-OFF",
-            "MEAN PREDICTED (min)",
-            "MODEL",
-        ),
-        (
+def _points_table(points: Sequence[InputPoint], key: str) -> str:
+    return (
+        f'<div id="{key}">'
+        + table(
             (
-                p.time,
-                p.label,
-                p.rows,
-                p.rows_scored,
-                p.rmse_live,
-                p.psi_pickup,
-                p.psi_dropoff,
-                p.mean_predicted,
-                p.model_version,
-            )
-            for p in reversed(points)
-        ),
-        numeric=(2, 3, 4, 5, 6, 7),
-        ids=(1, 8),
+                "PREDICTED AT",
+                "INPUT",
+                "ROWS",
+                "ROWS SCORED",
+                "RMSE (min)",
+                "PSI PICKUP",
+                "PSI DROP-OFF",
+                "MEAN PREDICTED (min)",
+                "MODEL",
+            ),
+            (
+                (
+                    p.time,
+                    p.label,
+                    p.rows,
+                    p.rows_scored,
+                    p.rmse_live,
+                    p.psi_pickup,
+                    p.psi_dropoff,
+                    p.mean_predicted,
+                    p.model_version,
+                )
+                for p in reversed(points)
+            ),
+            numeric=(2, 3, 4, 5, 6, 7),
+            ids=(1, 8),
+        )
+        + "</div>"
     )
 
 
@@ -307,7 +311,8 @@ def _live(s: Snapshot, draw: Callable[..., str]) -> str:
         f"({s.inputs_total} inputs; older ones one point per day). Above the dashed line the "
         "model does worse on new trips than on its evaluation month."
     )
-    return section("live", "Live error", figure(svg, caption, _points_table(s.inputs)))
+    numbers = _points_table(s.inputs, key="live-numbers")
+    return section("live", "Live error", figure(svg, caption, numbers))
 
 
 def _current(s: Snapshot, draw: Callable[..., str]) -> str:
@@ -433,7 +438,9 @@ def _drift(s: Snapshot, draw: Callable[..., str]) -> str:
         "inputs differ from what the model learned from), and the mean predicted duration "
         "of each input beside the training month's."
     )
-    return section("drift", "Drift", figure(svg, caption, _points_table(s.inputs)))
+    # The same points as the live error's: their table is there, once.
+    numbers = '<p><a href="#live-numbers">The table under "Live error"</a> has them.</p>'
+    return section("drift", "Drift", figure(svg, caption, numbers))
 
 
 def _did(run: Mapping[str, Any]) -> str:
