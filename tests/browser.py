@@ -85,6 +85,39 @@ def requests_made(web: Any) -> list[str]:
     return urls
 
 
+def check_page(page: Path, width: int, charts: int) -> dict[str, str]:
+    """Open ``page`` at ``width`` px and check what a reader would notice: nothing fetched
+    but the page (and images inline in it), no console error, ``charts`` charts each
+    visible with a size, no horizontal scrolling. Return the status section's values by
+    ``data-key``."""
+    with chromium(width) as web:
+        requests_made(web)  # the browser's own start-up, before the page
+        web.get(page.resolve().as_uri())
+        requests = requests_made(web)
+        assert requests[0] == page.resolve().as_uri()
+        assert [u for u in requests[1:] if not u.startswith("data:")] == []
+        errors = [e for e in web.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+        sizes = web.execute_script(
+            "return [...document.querySelectorAll('svg.chart')].map(e => {"
+            "  const r = e.getBoundingClientRect();"
+            "  const s = getComputedStyle(e);"
+            "  return [e.getAttribute('aria-label'), r.width, r.height, s.visibility, s.display];"
+            "})"
+        )
+        assert len(sizes) == charts, sizes
+        for label, w, h, visibility, display in sizes:
+            assert w > 100 and h > 50 and visibility == "visible" and display != "none", label
+        scroll, client = web.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert scroll <= client, f"horizontal scrolling at {width}px: {scroll} > {client}"
+        return {
+            dd.get_attribute("data-key"): dd.text
+            for dd in web.find_elements("css selector", "#status dd")
+        }
+
+
 def screenshot(page: Path, out: Path, width: int) -> Path:
     """A full-page PNG of ``page`` at ``width`` CSS pixels."""
     with chromium(width) as web:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from browser import chromium, requests_made, require_tools
+from browser import check_page, require_tools
 from click.testing import CliRunner
 from reportvolume import make_volume
 
@@ -79,34 +79,8 @@ def make_trips_module():
 @pytest.mark.parametrize("width", [1280, 390])
 def test_the_page_in_chromium(page, width):
     root, out = page
-    tools = require_tools()
-    with chromium(width, tools=tools) as web:
-        requests_made(web)  # the browser's own start-up, before the page
-        web.get(out.resolve().as_uri())
-        # Nothing fetched but the page itself (and the colour bar's image, inline in it).
-        requests = requests_made(web)
-        assert requests[0] == out.resolve().as_uri()
-        assert [u for u in requests[1:] if not u.startswith("data:")] == []
-        errors = [e for e in web.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert errors == []
-        sizes = web.execute_script(
-            "return [...document.querySelectorAll('svg.chart')].map(e => {"
-            "  const r = e.getBoundingClientRect();"
-            "  const s = getComputedStyle(e);"
-            "  return [e.getAttribute('aria-label'), r.width, r.height, s.visibility, s.display];"
-            "})"
-        )
-        assert len(sizes) == 6, sizes
-        for label, w, h, visibility, display in sizes:
-            assert w > 100 and h > 50 and visibility == "visible" and display != "none", label
-        scroll, client = web.execute_script(
-            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-        )
-        assert scroll <= client, f"horizontal scrolling at {width}px: {scroll} > {client}"
-        status = {
-            dd.get_attribute("data-key"): dd.text
-            for dd in web.find_elements("css selector", "#status dd")
-        }
+    require_tools()
+    status = check_page(out, width, charts=6)
     versions = registry.list_versions(root)
     current = next(v for v in versions if v["status"] == "current")
     assert status["current-version"] == current["version"]
