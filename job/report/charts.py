@@ -47,6 +47,8 @@ STYLE: dict[Any, Any] = {
     "font.size": 10,
     "axes.titlesize": 11,
     "axes.titleweight": "bold",
+    # Left: on a phone the chart scrolls sideways in its box, and its start shows first.
+    "axes.titlelocation": "left",
     "axes.grid": True,
     "grid.color": "#e5e5e5",
     "axes.spines.top": False,
@@ -139,6 +141,10 @@ def history(versions: Sequence[Version], history: Sequence[Mapping[str, Any]]) -
             linewidth=1.5,
             label="rollback" if n == 0 else None,
         )
+    if len({v.created for v in timed}) == 1:  # one version: a week around it, not years
+        (only,) = {v.created for v in timed}
+        assert only is not None
+        ax.set_xlim(only - dt.timedelta(days=3), only + dt.timedelta(days=3))
     ax.set_title("Evaluation RMSE of each model version")
     ax.set_xlabel("version created (UTC)")
     ax.set_ylabel("RMSE on its evaluation month (min)")
@@ -169,7 +175,7 @@ def live_error(
             [p.rmse_live for p in others],
             s=14,
             color=COLORS["earlier"],
-            label="by earlier models (or a day of inputs)",
+            label="by earlier models (or a day of inputs of several)",
         )
     if mine:
         ax.scatter(

@@ -30,14 +30,14 @@ figure{margin:8px 0}.scroll{overflow-x:auto;max-width:100%}figcaption{font-size:
 .table{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85rem;margin:6px 0}
 th,td{border-bottom:1px solid #e5e5e5;padding:3px 8px;text-align:left;vertical-align:top}
-td{overflow-wrap:break-word}td.id{word-break:break-all;min-width:9em}
+td{overflow-wrap:break-word}td.w{white-space:nowrap}td.id{word-break:break-all;min-width:9em}
 th{background:#f2f4f7}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 dl.status{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}
 dl.status dt{font-weight:600}dl.status dd{margin:0;overflow-wrap:anywhere}
 .bad{color:#c0392b;font-weight:600}.ok{color:#1e7b34;font-weight:600}
 .muted{color:#666}details{margin:6px 0}summary{cursor:pointer;color:#1f5fa8}
-@media (max-width:600px){.chart{min-width:600px}dl.status{grid-template-columns:1fr}
+@media (max-width:600px){.chart{min-width:540px}dl.status{grid-template-columns:1fr}
  dl.status dd{margin-bottom:6px}
  main{padding:8px}section{padding:4px 8px 10px}}
 """
@@ -82,7 +82,7 @@ def table(
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{_kind(i, numeric, ids)}">{escape(_fmt(v))}</td>'
+            f'<td class="{_kind(i, v, numeric, ids)}">{escape(_fmt(v))}</td>'
             for i, v in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
@@ -93,7 +93,9 @@ def table(
     )
 
 
-def _kind(column: int, numeric: Sequence[int], ids: Sequence[int]) -> str:
+def _kind(column: int, value: Any, numeric: Sequence[int], ids: Sequence[int]) -> str:
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and _ISO.match(value)):
+        return "w"  # a time: on one line
     return "n" if column in numeric else "id" if column in ids else "t"
 
 
@@ -454,7 +456,7 @@ def _did(run: Mapping[str, Any]) -> str:
         return f"published {summary.get('model_version')} ({promoted}; rmse_eval {rmse})"
     if command == "infer":
         inputs, rows = summary.get("inputs_predicted", 0), summary.get("rows_predicted", 0)
-        text = f"{inputs} inputs, {rows} rows predicted"
+        text = f"{inputs} input{'' if inputs == 1 else 's'}, {rows} rows predicted"
         if summary.get("inputs_rejected"):
             text += f"; {summary['inputs_rejected']} rejected"
         return text
