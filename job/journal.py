@@ -33,9 +33,7 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,7 +97,7 @@ def record(
         "exit_code": exit_code,
         "error": error,
         "summary": dict(summary) if summary is not None else None,
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "job": next((os.environ[n] for n in JOB_ENV if os.environ.get(n)), None),
     }
     slug = command.replace(" ", "-")
@@ -108,20 +106,35 @@ def record(
     try:
         data = json.dumps(entry, default=str, sort_keys=True).encode()
         runs.mkdir(parents=True, exist_ok=True)
-        volume.write_atomic(runs / f"last-{slug}.json", data)
+        _replace_quickly(runs / f"last-{slug}.json", data)
         if exit_code != 0 or did_something(command, summary):
             when = _parse(finished)
             day = runs / f"{when:%Y-%m-%d}"
             day.mkdir(exist_ok=True)
             # Microseconds of the clock: runs that end within one second sort as they ended.
             micro = dt.datetime.now(dt.UTC).microsecond
-            own = day / f"{when:%H%M%S}.{micro:06d}Z-{slug}-{secrets.token_hex(3)}.json"
+            own = day / f"{when:%H%M%S}.{micro:06d}Z-{slug}-{os.urandom(3).hex()}.json"
             volume.write_atomic(own, data)
         compact(runs, today=_parse(finished).date())
     except Exception as exc:  # noqa: BLE001 - the run's result stands whatever happens here
         logger.warning("could not write the run journal in %s: %s", runs, exc)
         return None
     return own
+
+
+def _replace_quickly(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (a reader sees the old file or the new one) but without
+    syncing: it is written by every run, an every-minute ``infer`` too, and a crash that
+    loses it loses only the latest "nothing to do" (readers skip a file they cannot
+    parse)."""
+    tmp = path.with_name(f"{volume.TMP_PREFIX}{path.name}.{os.urandom(4).hex()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.chmod(volume.FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def compact(runs: Path, today: dt.date) -> None:
