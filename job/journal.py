@@ -21,7 +21,8 @@ that did nothing (an every-minute ``infer`` with an empty queue) only replace
 ``last-<command>.json``. The run that compacts holds a claim on the day (two compactors
 must not both read a folder that the other is emptying).
 
-Writing the journal is best effort: a failure is one warning and never changes the run's
+The journal lives in an existing artifacts folder: it never creates one (``infer`` before
+the first training leaves a fresh volume as it was). Writing it is best effort: a failure is one warning and never changes the run's
 exit code (the run's own work is done by then).
 """
 
@@ -100,6 +101,10 @@ def record(
         "host": os.uname().nodename,
         "job": next((os.environ[n] for n in JOB_ENV if os.environ.get(n)), None),
     }
+    if not artifacts.is_dir():
+        # A fresh volume (infer before the first training) or a mistyped path: the journal
+        # does not create the artifacts folder.
+        return None
     slug = command.replace(" ", "-")
     runs = artifacts / RUNS
     own: Path | None = None

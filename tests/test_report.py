@@ -68,6 +68,7 @@ def test_train_and_infer_leave_their_runs_in_the_journal(trained: Path):
 
 def test_a_failed_run_is_journaled_with_its_exit_code(tmp_path: Path):
     root = tmp_path / "artifacts"
+    root.mkdir()  # the journal never creates the artifacts folder itself
     result = run(
         "train",
         "--train-data",
@@ -96,6 +97,7 @@ def test_a_journal_that_cannot_be_written_warns_and_keeps_the_exit_code(trained:
 
 def test_old_days_are_compacted_and_very_old_ones_deleted(tmp_path: Path):
     root = tmp_path / "artifacts"
+    root.mkdir()
     today = dt.date(2026, 12, 3)
 
     def at(day: dt.date, hour: int) -> str:

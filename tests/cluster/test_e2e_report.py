@@ -72,3 +72,4 @@ def test_launch_report_brings_the_page_back(namespace: str, tmp_path: Path) -> N
     assert status["current-version"] == trained["model_version"]
     assert status["versions"] == "1"
     assert status["last-train"] != "never"  # the training's journal, read on the volume
+    assert trained["job"] in html  # the journal names the Job (downward API)
