@@ -22,8 +22,8 @@ that did nothing (an every-minute ``infer`` with an empty queue) only replace
 must not both read a folder that the other is emptying).
 
 The journal lives in an existing artifacts folder: it never creates one (``infer`` before
-the first training leaves a fresh volume as it was). Writing it is best effort: a failure is one warning and never changes the run's
-exit code (the run's own work is done by then).
+the first training leaves a fresh volume as it was). Writing it is best effort: a failure
+is one warning and never changes the run's exit code (the run's own work is done by then).
 """
 
 from __future__ import annotations

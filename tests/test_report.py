@@ -39,7 +39,10 @@ def trained(make_trips, tmp_path: Path) -> Path:
     feb = make_trips("feb.parquet", rows=2000, seed=2, folder=data)
     make_trips("mar.parquet", rows=1000, seed=3, folder=data / "incoming")
     root = tmp_path / "artifacts"
-    run("train", "--train-data", str(jan), "--eval-data", str(feb), "--artifacts", str(root))
+    run(
+        "train", "--train-data", str(jan), "--eval-data", str(feb), "--artifacts", str(root),
+        "--report-page",
+    )  # fmt: skip
     run("infer", "--input", str(data / "incoming"), "--artifacts", str(root))
     return root
 
@@ -204,11 +207,13 @@ def test_a_page_that_cannot_be_written_does_not_fail_training(make_trips, tmp_pa
     (root / "report.html").mkdir(parents=True)  # a folder in the page's place
     jan = make_trips("jan.parquet", rows=2000, seed=1)
     feb = make_trips("feb.parquet", rows=2000, seed=2)
-    result = run(
-        "train", "--train-data", str(jan), "--eval-data", str(feb), "--artifacts", str(root)
-    )
+    args = ["train", "--train-data", str(jan), "--eval-data", str(feb), "--artifacts", str(root)]
+    result = run(*args, "--report-page")
     assert "could not refresh the report" in result.output
     assert (root / "CURRENT").exists()
+    (root / "report.html").rmdir()
+    run(*args)  # without --report-page (the default): no page
+    assert not (root / "report.html").exists()
 
 
 def test_the_page_through_a_log_comes_back_whole(tmp_path: Path):

@@ -48,9 +48,11 @@ def _require_shard_index(shards: int) -> None:
 
 
 def refresh_report(summary: Mapping[str, Any], options: Mapping[str, Any]) -> None:
-    """After a training that published a model, the report page on the volume
-    (``ARTIFACTS/report.html``) is drawn again, for those who serve the folder. Best
-    effort: a page that cannot be written is a warning, never a failed training."""
+    """With ``--report-page``, after a training that published a model, the report page on
+    the volume (``ARTIFACTS/report.html``) is drawn again, for those who serve the folder.
+    Best effort: a page that cannot be written is a warning, never a failed training."""
+    if not options.get("report_page"):
+        return
     if summary.get("model_version") and isinstance(options.get("artifacts"), Path):
         from job import report
 
@@ -118,10 +120,18 @@ def refresh_report(summary: Mapping[str, Any], options: Mapping[str, Any]) -> No
     metavar="ID",
     help="The training all shards belong to (on Kubernetes: the Job's name); with --shards>1.",
 )
+@option(
+    "--report-page/--no-report-page",
+    default=False,
+    show_default=True,
+    help="After publishing, draw the report page ARTIFACTS/report.html (taxi-job report; "
+    "about a second, after the summary; a failure is only a warning).",
+)
 @common_options
 @reporting(journal="train", after=refresh_report)
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
+    options.pop("report_page")  # for refresh_report, after the run
     _require_shard_index(options["shards"])
     config = pipeline.TrainConfig(**options)
     if config.shards == 1:
