@@ -230,7 +230,9 @@ def predicted_vs_actual(pva: Mapping[str, Any]) -> Figure:
     vmax = max(float(counts.max()), 1.0)
     mesh = ax.pcolormesh(pe, ae, masked, cmap="Blues", norm=LogNorm(vmin=1, vmax=vmax))
     low, high = max(pe[0], ae[0]), min(pe[-1], ae[-1])
-    ax.plot([low, high], [low, high], color=COLORS["rejected"], linewidth=1, label="perfect")
+    ax.plot(
+        [low, high], [low, high], color=COLORS["rejected"], linewidth=1, label="predicted = actual"
+    )
     ax.set_title("Predicted against actual duration (evaluation month)")
     ax.set_xlabel("predicted duration (min)")
     ax.set_ylabel("actual duration (min)")
@@ -272,11 +274,15 @@ def drift(points: Sequence[InputPoint], training_mean: float | None) -> Figure:
             color=COLORS[side],
             label=f"{'pickup' if side == 'pickup' else 'drop-off'} zones",
         )
-    top.axhspan(0.1, 0.25, color="#f6e3a1", alpha=0.5, linewidth=0, label="0.1–0.25: shifted")
+    # Behind the points (zorder), so that the points in the band keep their colour.
+    top.axhspan(0.1, 0.25, color="#fbf1cf", linewidth=0, zorder=0, label="0.1–0.25: shifted")
     top.axhline(0.25, color=COLORS["rejected"], linewidth=1, linestyle="--", label="0.25: drifted")
     top.set_title("Drift: zone mix of each input against the training month")
     top.set_ylabel("PSI")
-    top.set_ylim(bottom=0)
+    highest = max(
+        (v for p in psi for v in (p.psi_pickup, p.psi_dropoff) if v is not None), default=0
+    )
+    top.set_ylim(0, max(0.3, highest * 1.1))  # the 0.25 line always in sight
     top.legend(loc="upper left", fontsize=8, ncols=2, framealpha=0.9)
     means = [p for p in points if p.mean_predicted is not None]
     bottom.scatter(
