@@ -96,6 +96,14 @@ def to_svg(fig: Figure, prefix: str, title: str) -> str:
     )
 
 
+def _window(ax: Any, times: Sequence[dt.datetime]) -> None:
+    """Points all within a day (one version, one run): a few days around them, not the
+    years a date axis would otherwise spread over."""
+    if times and max(times) - min(times) < dt.timedelta(days=1):
+        middle = min(times) + (max(times) - min(times)) / 2
+        ax.set_xlim(middle - dt.timedelta(days=2), middle + dt.timedelta(days=2))
+
+
 def _dates(ax: Any) -> None:
     locator = mdates.AutoDateLocator(minticks=3, maxticks=8)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
@@ -141,10 +149,7 @@ def history(versions: Sequence[Version], history: Sequence[Mapping[str, Any]]) -
             linewidth=1.5,
             label="rollback" if n == 0 else None,
         )
-    if len({v.created for v in timed}) == 1:  # one version: a week around it, not years
-        (only,) = {v.created for v in timed}
-        assert only is not None
-        ax.set_xlim(only - dt.timedelta(days=3), only + dt.timedelta(days=3))
+    _window(ax, [v.created for v in timed if v.created is not None])
     ax.set_title("Evaluation RMSE of each model version")
     ax.set_xlabel("version created (UTC)")
     ax.set_ylabel("RMSE on its evaluation month (min)")
@@ -196,7 +201,9 @@ def live_error(
     ax.set_title("Live error: RMSE on each predicted input")
     ax.set_xlabel("predicted at (UTC)")
     ax.set_ylabel("RMSE (min)")
-    ax.set_ylim(bottom=0)
+    highest = max([p.rmse_live or 0.0 for p in scored] + [eval_rmse or 0.0])
+    ax.set_ylim(0, highest * 1.15 or 1.0)  # room above the highest point and the line
+    _window(ax, [p.time for p in points])
     ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
     _dates(ax)
     return fig
@@ -303,6 +310,13 @@ def drift(points: Sequence[InputPoint], training_mean: float | None) -> Figure:
     bottom.set_title("Predicted durations")
     bottom.set_ylabel("mean predicted (min)")
     bottom.set_xlabel("predicted at (UTC)")
-    bottom.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    values = [p.mean_predicted for p in means if p.mean_predicted is not None]
+    values += [training_mean] if training_mean is not None else []
+    if values:  # at least ±10 % around the data: a few seconds' noise must look small
+        low, high = min(values), max(values)
+        pad = max((high - low) * 0.15, 0.1 * abs(high), 0.5)
+        bottom.set_ylim(max(low - pad, 0), high + pad)
+    bottom.legend(loc="best", fontsize=8, framealpha=0.9)
+    _window(bottom, [p.time for p in points])
     _dates(bottom)
     return fig

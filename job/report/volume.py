@@ -211,6 +211,11 @@ def _when(item: Mapping[str, Any]) -> dt.datetime | None:
     return parse_time(item.get("finished")) or parse_time(item.get("input_mtime"))
 
 
+def _name(uri: Any) -> str:
+    """An input's file name: its folder is the same queue for all."""
+    return str(uri).rstrip("/").rsplit("/", 1)[-1] if uri else "?"
+
+
 def fold_inputs(
     records: Sequence[Mapping[str, Any]], recent: int = RECENT_INPUTS
 ) -> list[InputPoint]:
@@ -231,5 +236,5 @@ def fold_inputs(
         )
         for day, items in sorted(days.items())
     ]
-    points.extend(_point([item], when, str(item.get("input") or "?")) for when, item in new)
+    points.extend(_point([item], when, _name(item.get("input"))) for when, item in new)
     return points
