@@ -119,7 +119,7 @@ def record(
             # Microseconds of the clock: runs that end within one second sort as they ended.
             micro = dt.datetime.now(dt.UTC).microsecond
             own = day / f"{when:%H%M%S}.{micro:06d}Z-{slug}-{os.urandom(3).hex()}.json"
-            volume.write_atomic(own, data)
+            _replace_quickly(own, data)
         compact(runs, today=_parse(finished).date())
     except Exception as exc:  # noqa: BLE001 - the run's result stands whatever happens here
         logger.warning("could not write the run journal in %s: %s", runs, exc)
@@ -128,10 +128,10 @@ def record(
 
 
 def _replace_quickly(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically (a reader sees the old file or the new one) but without
-    syncing: it is written by every run, an every-minute ``infer`` too, and a crash that
-    loses it loses only the latest "nothing to do" (readers skip a file they cannot
-    parse)."""
+    """Write ``path`` atomically (a reader sees the old file or the new one, whole) but
+    without syncing: a sync costs a run tens of milliseconds on a network volume, every
+    minute for ``infer``, and a crash right after the run loses at most that run's
+    record, never the run's own work (readers skip a file they cannot parse)."""
     tmp = path.with_name(f"{volume.TMP_PREFIX}{path.name}.{os.urandom(4).hex()}")
     try:
         tmp.write_bytes(data)
