@@ -262,3 +262,22 @@ def test_help_and_infer_do_not_load_the_plotting_library(trained: Path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "NOT LOADED"
+
+
+def test_promote_and_prune_are_journaled_when_they_change_something(trained: Path):
+    current = (trained / "CURRENT").read_text().strip()
+    run("models", "promote", current, "--artifacts", str(trained))  # current already
+    run("models", "prune", "--keep", "1", "--artifacts", str(trained))  # nothing to prune
+    assert [r["command"] for r in journal.read(trained)] == ["train", "infer"]
+    last = journal.last(trained)
+    assert last["models promote"]["summary"]["changed"] is False
+    assert last["models prune"]["summary"]["pruned"] == []
+
+
+def test_open_hands_the_written_page_to_the_browser(trained: Path, tmp_path, monkeypatch):
+    # No desktop here: the browser is the one thing stood in for.
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    out = tmp_path / "r.html"
+    run("report", "--artifacts", str(trained), "--output", str(out), "--open")
+    assert opened == [out.resolve().as_uri()]
