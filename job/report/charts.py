@@ -172,15 +172,25 @@ def live_error(
     fig, axes = _figure(3.2)
     ax = axes[0][0]
     scored = [p for p in points if p.rmse_live is not None]
-    mine = [p for p in scored if p.model_version == current]
-    others = [p for p in scored if p.model_version != current]
+    days = [p for p in scored if p.inputs > 1]
+    single = [p for p in scored if p.inputs == 1]
+    mine = [p for p in single if p.model_version == current]
+    others = [p for p in single if p.model_version != current]
+    if days:
+        ax.plot(
+            [p.time for p in days],
+            [p.rmse_live for p in days],
+            color=COLORS["previous"],
+            linewidth=1.5,
+            label="older inputs, one RMSE a day",
+        )
     if others:
         ax.scatter(
             [p.time for p in others],
             [p.rmse_live for p in others],
             s=14,
             color=COLORS["earlier"],
-            label="by earlier models (or a day of inputs of several)",
+            label="by earlier models",
         )
     if mine:
         ax.scatter(
