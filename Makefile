@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The demo's folder and size: three synthetic months (train, eval, incoming).
 DEMO ?= local/demo
 ROWS ?= 300000
+# `make bench BASELINE=<commit>`: also what the current code costs more than that commit.
+BASELINE ?=
 # More pytest arguments, e.g. PYTEST_ARGS="-m cluster" for the cluster suite alone.
 PYTEST_ARGS ?=
 
@@ -40,7 +42,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python benchmarks/run.py --markdown
+	$(BIN)/python benchmarks/run.py --markdown $(if $(BASELINE),--baseline $(BASELINE))
 
 # A year in one process against 2 shards side by side (README "Scaling out").
 bench-scale: install

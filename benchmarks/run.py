@@ -42,6 +42,8 @@ TARGET_TRAIN_SPEEDUP = 50.0
 TARGET_INFER_SPEEDUP = 20.0
 TARGET_RSS_GROWTH = 1.3
 TARGET_GATE_COST = 0.10
+#: What the current code may cost more than the ``--baseline`` commit, per step.
+TARGET_BASELINE_COST = 0.10
 ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_NUM_THREADS",
@@ -95,7 +97,7 @@ class Runs:
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def measure(cmd: list[str], cwd: Path) -> Run:
+def measure(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
     """Run ``cmd`` to completion; its wall time, peak RSS and the JSON on its last stdout line."""
     with (
         tempfile.TemporaryFile() as out,
@@ -104,7 +106,7 @@ def measure(cmd: list[str], cwd: Path) -> Run:
     ):
         wrapped = [GNU_TIME, "-f", "%U %S %M", "-o", rss.name, *cmd] if GNU_TIME else cmd
         started = time.perf_counter()
-        proc = subprocess.Popen(wrapped, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(wrapped, cwd=cwd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -168,9 +170,52 @@ class Scale:
     infer_tj: Runs = field(default_factory=Runs)
     max_abs_diff: float = float("nan")
     mean_abs_diff: float = float("nan")
+    #: With ``--baseline``: that commit's taxi-job, each run paired with one of today's.
+    train_base: Runs = field(default_factory=Runs)
+    infer_base: Runs = field(default_factory=Runs)
 
 
-def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> Scale:
+@dataclass(frozen=True)
+class Baseline:
+    """An older commit's taxi-job, to measure what a change costs: its ``job`` package
+    extracted into a folder that goes first on ``PYTHONPATH`` (the same virtual environment,
+    the same libraries; the children run outside the repository, so the checkout's own
+    ``job`` is not on their path)."""
+
+    ref: str
+    env: dict[str, str]
+
+    @classmethod
+    def extract(cls, ref: str, workdir: Path) -> Baseline:
+        repo = HERE.parent
+        sha = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+            cwd=repo, check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        folder = workdir / f"baseline-{sha[:12]}"
+        if not (folder / "job" / "__init__.py").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            archive = subprocess.run(
+                ["git", "archive", sha, "job"], cwd=repo, check=True, capture_output=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        return cls(ref if sha.startswith(ref) else f"{ref} ({sha[:7]})", env)
+
+
+def paired_cost(runs: Runs, base: Runs) -> float:
+    """The median over pairs of (run / baseline run) - 1: a pair ran back to back, so a
+    slow spell of the shared machine hits both of it."""
+    return (
+        statistics.median(a.seconds / b.seconds for a, b in zip(runs.runs, base.runs, strict=True))
+        - 1
+    )
+
+
+def bench_scale(
+    scale: int, workdir: Path, repeat: int, textbook_runs: int, baseline: Baseline | None = None
+) -> Scale:
     data = data_for(scale, workdir)
     base = workdir / f"x{scale}"
     tj_dir, tb_dir = base / "taxi-job", base / "textbook"
@@ -210,6 +255,10 @@ def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> S
     shutil.rmtree(gate_dir, ignore_errors=True)
     train_gate = [str(gate_dir) if arg == str(tj_dir) else arg for arg in train_tj]
     measure(train_gate, cwd)
+    # The baseline trains and predicts in a folder of its own (its model format may differ).
+    base_dir = base / "baseline"
+    train_base = [str(base_dir) if arg == str(tj_dir) else arg for arg in train_tj]
+    infer_base = [str(base_dir) if arg == str(tj_dir) else arg for arg in infer_tj]
     for who in interleave(repeat, textbook_runs):
         if who == "taxi-job":
             # A fresh artifacts folder each time: every run does the same work. The gated
@@ -217,6 +266,10 @@ def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> S
             gate_first = len(result.train_gate.runs) % 2 == 1
             if gate_first:
                 result.train_gate.runs.append(gated := measure(train_gate, cwd))
+            if baseline is not None and gate_first:  # the baseline's pair, in either order
+                shutil.rmtree(base_dir, ignore_errors=True)
+                result.train_base.runs.append(old := measure(train_base, cwd, baseline.env))
+                log(f"{scale}x train {baseline.ref}: {old.seconds:.2f} s")
             shutil.rmtree(tj_dir, ignore_errors=True)
             result.train_tj.runs.append(run := measure(train_tj, cwd))
             if not gate_first:
@@ -224,6 +277,10 @@ def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> S
             if gated.summary.get("champion_version") is None:
                 raise RuntimeError(f"{scale}x: the gated training had no champion to score")
             log(f"{scale}x train taxi-job with the gate: {gated.seconds:.2f} s")
+            if baseline is not None and not gate_first:
+                shutil.rmtree(base_dir, ignore_errors=True)
+                result.train_base.runs.append(old := measure(train_base, cwd, baseline.env))
+                log(f"{scale}x train {baseline.ref}: {old.seconds:.2f} s")
         else:
             shutil.rmtree(tb_dir, ignore_errors=True)
             result.train_tb.runs.append(run := measure(train_tb, cwd))
@@ -232,8 +289,15 @@ def bench_scale(scale: int, workdir: Path, repeat: int, textbook_runs: int) -> S
         runs, cmd = (
             (result.infer_tj, infer_tj) if who == "taxi-job" else (result.infer_tb, infer_tb)
         )
+        base_first = len(runs.runs) % 2 == 1
+        if who == "taxi-job" and baseline is not None and base_first:
+            result.infer_base.runs.append(old := measure(infer_base, cwd, baseline.env))
+            log(f"{scale}x infer {baseline.ref}: {old.seconds:.2f} s")
         runs.runs.append(run := measure(cmd, cwd))
         log(f"{scale}x infer {who}: {run.seconds:.2f} s, {run.max_rss_kib / 1024:.0f} MiB")
+        if who == "taxi-job" and baseline is not None and not base_first:
+            result.infer_base.runs.append(old := measure(infer_base, cwd, baseline.env))
+            log(f"{scale}x infer {baseline.ref}: {old.seconds:.2f} s")
 
     # Same rows, same order, predictions close: the two jobs did the same thing.
     name = data[INFER].name
@@ -302,7 +366,9 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]:
+def table(
+    scales: list[Scale], repeat: int, baseline: Baseline | None = None
+) -> tuple[list[str], list[list[str]]]:
     header = ["", *(f"{s.scale}×" for s in scales), "target"]
     rows: list[list[str]] = []
 
@@ -338,6 +404,20 @@ def table(scales: list[Scale], repeat: int) -> tuple[list[str], list[list[str]]]
         [f"{x:.1f}× {verdict(x >= TARGET_INFER_SPEEDUP)}" for x in speed],
         f"≥ {TARGET_INFER_SPEEDUP:.0f}×",
     )
+    if baseline is not None:
+        for step in ("train", "infer"):
+            row(
+                f"{step}: {baseline.ref} s (median of {repeat})",
+                [f"{getattr(s, f'{step}_base').seconds:.2f}" for s in scales],
+            )
+            cost = [
+                paired_cost(getattr(s, f"{step}_tj"), getattr(s, f"{step}_base")) for s in scales
+            ]
+            row(
+                f"{step}: added since {baseline.ref} (median of pairs)",
+                [f"{100 * x:+.1f} % {verdict(x < TARGET_BASELINE_COST)}" for x in cost],
+                f"< {100 * TARGET_BASELINE_COST:.0f} %",
+            )
     row("train peak RSS MiB: textbook", [f"{s.train_tb.rss_mib:,.0f}" for s in scales])
     row("train peak RSS MiB: taxi-job", [f"{s.train_tj.rss_mib:,.0f}" for s in scales])
     row("infer peak RSS MiB: textbook", [f"{s.infer_tb.rss_mib:,.0f}" for s in scales])
@@ -419,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the textbook once per step at every scale (default twice at 1×)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run this commit's taxi-job, paired run by run, and report what today's "
+        "costs more",
+    )
     args = parser.parse_args(argv)
     scales = [int(s) for s in args.scales.split(",") if s.strip()]
     if not scales or min(scales) < 1 or args.repeat < 1:
@@ -426,16 +513,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
+    baseline = Baseline.extract(args.baseline, workdir) if args.baseline else None
     ctx = context()
     started = time.time()
     results = []
     for scale in scales:
         textbook_runs = 1 if args.quick or scale > 1 else 2
-        results.append(bench_scale(scale, workdir, args.repeat, textbook_runs))
+        results.append(bench_scale(scale, workdir, args.repeat, textbook_runs, baseline))
     ctx.append(("load average after", " ".join(f"{x:.2f}" for x in os.getloadavg())))
     ctx.append(("benchmark took", f"{time.time() - started:.0f} s"))
 
-    header, rows = table(results, args.repeat)
+    header, rows = table(results, args.repeat, baseline)
     command = print_context("benchmarks/run.py", argv, ctx, args.markdown)
     print(render(header, rows, args.markdown))
     print()
@@ -454,7 +542,15 @@ def main(argv: list[str] | None = None) -> int:
         "scales": {
             s.scale: {
                 step: [r.__dict__ for r in getattr(s, step).runs]
-                for step in ("train_tb", "train_tj", "train_gate", "infer_tb", "infer_tj")
+                for step in (
+                    "train_tb",
+                    "train_tj",
+                    "train_gate",
+                    "infer_tb",
+                    "infer_tj",
+                    "train_base",
+                    "infer_base",
+                )  # fmt: skip
             }
             for s in results
         },

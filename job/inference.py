@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from job import artifacts, reading, shards, volume
+from job import artifacts, quality, reading, shards, volume
 from job.errors import BadInputError, InputsRejectedError, NoModelYetError, TaxiJobError
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,16 @@ def _predict_file(
     artifact: artifacts.Artifact,
     fingerprint: dict[str, Any],
     tmp: Path,
-) -> int:
-    """Write the predictions of one input to ``tmp``; return the number of rows."""
+) -> quality.Live:
+    """Write the predictions of one input to ``tmp``; return its rows, predicted minutes,
+    zone mixes and, where it has drop-off times, the model's live error on the rows the
+    training filter keeps (read in the same batches: one pass over the file)."""
     reading.check_schema(source, parquet.schema_arrow, reading.INFER_COLUMNS)
+    columns: tuple[str, ...] = reading.INFER_COLUMNS
+    bounds = quality.training_bounds(artifact.metadata)
+    if bounds is not None and _has_dropoff(parquet.schema_arrow):
+        columns = reading.TRAIN_COLUMNS
+    live = quality.Live(bounds, artifact.model)
     schema = pa.schema(
         [
             ("row", pa.int64()),
@@ -105,10 +113,12 @@ def _predict_file(
         pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as parquet_writer,
         BackgroundWriter(parquet_writer) as writer,
     ):
-        batches = reading.iter_batches(source, reading.INFER_COLUMNS, parquet, PREDICT_ROWS)
+        batches = reading.iter_batches(source, columns, parquet, PREDICT_ROWS)
         for batch in batches:
             n = batch.pu.size
-            predicted = artifact.model.predict(batch.pu, batch.do)
+            predicted = live.predict(
+                batch.pu, batch.do, batch.pickup_us, batch.dropoff_us, batch.times_valid
+            )
             table = pa.Table.from_arrays(
                 [
                     reading.to_arrow(np.arange(rows, rows + n, dtype=np.int64)),
@@ -124,7 +134,14 @@ def _predict_file(
             )
             writer.write(table)
             rows += n
-    return rows
+    return live.finish()
+
+
+def _has_dropoff(schema: pa.Schema) -> bool:
+    """Whether an input carries drop-off times to score the model on. A column of that name
+    of another type is not an error here (inference does not need it): left unscored."""
+    index = schema.get_field_index(reading.DROPOFF)
+    return index >= 0 and bool(pa.types.is_timestamp(schema.field(index).type))
 
 
 class BackgroundWriter:
@@ -183,6 +200,10 @@ class Outcome:
     it) or ``rejected`` (bad, set aside)."""
     rows: int = 0
     rejected: dict[str, Any] | None = None
+    live: quality.Live | None = None
+    """A predicted input's rows, predicted minutes, zone mixes and live error."""
+    input_mtime: str | None = None
+    """A predicted input's modification time, ISO UTC."""
 
 
 def infer(config: InferConfig) -> dict[str, Any]:
@@ -195,7 +216,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
     except NoModelYetError as exc:
         # A fresh install: the schedule starts before the first training. Not a failure.
         logger.warning("%s; nothing predicted until then", exc)
-        return _infer_summary(None, [], started)
+        return _infer_summary(None, [], started, {})
     out_dir = config.predictions or config.artifacts / PREDICTIONS
     sources = reading.resolve(config.input, allow_empty=True)
     names = [s.name for s in sources]
@@ -215,7 +236,9 @@ def infer(config: InferConfig) -> dict[str, Any]:
     ]
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
-    summary = _infer_summary(artifact.version, outcomes, started)
+    summary = _infer_summary(
+        artifact.version, outcomes, started, artifact.metadata, [s.uri for s in sources]
+    )
     rejected = summary["rejected"]
     if rejected:
         first = rejected[0]
@@ -225,12 +248,44 @@ def infer(config: InferConfig) -> dict[str, Any]:
     return summary
 
 
+def _iso_utc(ns: Any) -> str | None:
+    """Nanoseconds since the epoch as ``2026-12-01T02:37:17.123456Z``; None when unknown."""
+    if not isinstance(ns, int):
+        return None
+    stamp = datetime.fromtimestamp(ns / 1e9, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _infer_summary(
-    version: str | None, outcomes: list[tuple[Path, Outcome]], started: float
+    version: str | None,
+    outcomes: list[tuple[Path, Outcome]],
+    started: float,
+    metadata: dict[str, Any],
+    inputs: list[str] | None = None,
 ) -> dict[str, Any]:
     def count(kind: str) -> int:
         return sum(o.kind == kind for _, o in outcomes)
 
+    # The run's figures from the inputs' sums and counts, not from their averages.
+    run = quality.Live()
+    records = []
+    for (output, outcome), uri in zip(outcomes, inputs or [], strict=True):
+        if outcome.live is None:
+            continue
+        run.merge(outcome.live)
+        fields = outcome.live.fields(metadata)
+        records.append(
+            {
+                "input": uri,
+                "output": str(output),
+                "rows": outcome.live.rows,
+                "rows_scored": fields.pop("rows_scored"),
+                "sse": outcome.live.sse,
+                **fields,
+                "predicted_sum": outcome.live.predicted_sum,
+                "input_mtime": outcome.input_mtime,
+            }
+        )
     return {
         "model_version": version,
         "inputs_predicted": count("predicted"),
@@ -241,6 +296,8 @@ def _infer_summary(
         "outputs": [str(output) for output, o in outcomes if o.kind == "predicted"],
         "rejected": [o.rejected for _, o in outcomes if o.rejected is not None],
         "waiting_for_model": version is None,
+        **run.fields(metadata),
+        "input_records": records,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -282,14 +339,15 @@ def _infer_one(
                     work = functools.partial(
                         _predict_file, artifact=artifact, fingerprint=fingerprint, tmp=tmp
                     )
-                    rows = reading.whole_pass(source, parquet, work)
+                    live = reading.whole_pass(source, parquet, work)
             except BadInputError as exc:
                 if not source.listed:
                     raise
                 problem = exc
             else:
-                logger.info("predicted %s", source.uri, extra={"rows": rows})
-                return Outcome("predicted", rows)
+                logger.info("predicted %s", source.uri, extra={"rows": live.rows})
+                mtime = _iso_utc(fingerprint.get("mtime_ns"))
+                return Outcome("predicted", live.rows, live=live, input_mtime=mtime)
         if not os.path.lexists(source.path):
             # Another run set it aside (or a person removed it) after our first look.
             logger.info("%s: gone from the queue; nothing to do", source.uri)

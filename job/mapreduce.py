@@ -15,6 +15,7 @@ retried by the Job and takes its own claim over.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from job import artifacts, reading, registry, shards, volume
-from job.errors import BadInputError
-from job.model import PairAccumulator
+from job.errors import BadInputError, TransientError
+from job.model import Model, PairAccumulator, fit
 from job.pipeline import (
     Aggregate,
     TrainConfig,
@@ -152,6 +153,30 @@ def _merge(parts: list[Parts], role: str, fingerprints: list[Any]) -> Aggregate:
     )
 
 
+def _with_records(
+    config: TrainConfig, the_plan: Plan, evaluation: Aggregate, model: Model
+) -> Aggregate:
+    """``evaluation`` with ``model``'s records of its rows. They need a prediction per row,
+    and the shards read their share before any model existed: so the reducer reads the
+    evaluation month once more, whole, in the one-process order (the same records, to the
+    last bit). Its pair statistics, for the gate, stay the shards' merged ones."""
+    sources = the_plan.sources["eval"]
+    again = aggregate_parts(
+        sources,
+        [(k, None) for k in range(len(sources))],
+        config.min_duration,
+        config.max_duration,
+        "evaluation records",
+        model,
+    )
+    if again.fingerprints != the_plan.fingerprints["eval"]:
+        raise TransientError(
+            f"{config.eval_data}: changed while the training read it; reading it again "
+            "on the next attempt"
+        )
+    return dataclasses.replace(evaluation, records=again.records)
+
+
 def _published_version(root: Path, run_id: str) -> str | None:
     """A model version this run published already (the reducer died before ``PUBLISHED``)."""
     for version in reversed(artifacts.versions(root)):
@@ -230,8 +255,13 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
             low, high = config.min_duration, config.max_duration
             require_trips(merged["train"], config.train_data, low, high, "training")
             require_trips(merged["eval"], config.eval_data, low, high, "evaluation")
+            model = fit(merged["train"].stats)
+            evaluation = _with_records(config, the_plan, merged["eval"], model)
             extra = {"run_id": config.run_id, "shards": count}
-            summary = {**identity, **finish(config, merged["train"], merged["eval"], extra)}
+            summary = {
+                **identity,
+                **finish(config, merged["train"], evaluation, extra, model=model),
+            }
             version = summary["model_version"]
         else:
             logger.warning(

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from job import __version__, artifacts, reading, registry, shards, volume
+from job import __version__, artifacts, quality, reading, registry, shards, volume
 from job.errors import BadInputError
 from job.model import Model, PairAccumulator, PairStats, fit, rmse
+from job.quality import bounds_us
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +68,19 @@ class Aggregate:
     rows_read: int
     rows_kept: int
     fingerprints: list[dict[str, Any]]
+    records: quality.EvaluationRecords | None = None
+    """The errors of a model on these rows, when it was given (the evaluation month)."""
 
 
-def bounds_us(low: float, high: float) -> tuple[int, int]:
-    """The whole microseconds ``d`` with ``low <= d / 60e6 <= high``, as ``[first, last]``:
-    the filter then compares integers, exactly as the seed's float ``between()`` does."""
-    first = math.ceil(low * 60e6) - 2
-    while first / 60e6 < low:
-        first += 1
-    last = math.floor(high * 60e6) + 2
-    while last / 60e6 > high:
-        last -= 1
-    return first, last
-
-
-def aggregate(uri: str, low: float, high: float, role: str) -> Aggregate:
+def aggregate(
+    uri: str, low: float, high: float, role: str, model: Model | None = None
+) -> Aggregate:
     """Stream every file of a source into pair statistics of the trips lasting from ``low``
-    to ``high`` minutes; raise ``BadInputError`` when no trip is left."""
+    to ``high`` minutes (and ``model``'s evaluation records of them, when given); raise
+    ``BadInputError`` when no trip is left."""
     sources = reading.resolve(uri)
-    result = aggregate_parts(sources, [(k, None) for k in range(len(sources))], low, high, role)
+    every = [(k, None) for k in range(len(sources))]
+    result = aggregate_parts(sources, every, low, high, role, model)
     require_trips(result, uri, low, high, role)
     return result
 
@@ -96,24 +91,29 @@ def aggregate_parts(
     low: float,
     high: float,
     role: str,
+    model: Model | None = None,
 ) -> Aggregate:
     """Pair statistics of the trips lasting ``low`` to ``high`` minutes in ``parts`` of
-    ``sources`` (all of a source, or one shard's share of it)."""
+    ``sources`` (all of a source, or one shard's share of it), and ``model``'s evaluation
+    records of them when given."""
     accumulator = PairAccumulator()
-    first, last = bounds_us(low, high)
+    records = quality.EvaluationRecords(model) if model is not None else None
+    bounds = bounds_us(low, high)
     rows_read = rows_kept = 0
     fingerprints = []
     for index, row_groups in parts:
         source = sources[index]
         parquet = reading.open_parquet(source)
         fingerprints.append(reading.fingerprint(source, parquet))
-        work = functools.partial(_aggregate_file, first=first, last=last, row_groups=row_groups)
-        part, read, kept = reading.whole_pass(source, parquet, work)
+        work = functools.partial(_aggregate_file, bounds=bounds, row_groups=row_groups, model=model)
+        part, part_records, read, kept = reading.whole_pass(source, parquet, work)
         accumulator.merge(part)
+        if records is not None and part_records is not None:
+            records.merge(part_records)
         rows_read += read
         rows_kept += kept
         logger.info("read %s", source.uri, extra={"role": role, "rows_read": rows_read})
-    return Aggregate(accumulator.result(), rows_read, rows_kept, fingerprints)
+    return Aggregate(accumulator.result(), rows_read, rows_kept, fingerprints, records)
 
 
 def require_trips(result: Aggregate, uri: str, low: float, high: float, role: str) -> None:
@@ -128,25 +128,27 @@ def require_trips(result: Aggregate, uri: str, low: float, high: float, role: st
 def _aggregate_file(
     source: reading.Source,
     parquet: pq.ParquetFile,
-    first: int,
-    last: int,
+    bounds: tuple[int, int],
     row_groups: Sequence[int] | None = None,
-) -> tuple[PairAccumulator, int, int]:
+    model: Model | None = None,
+) -> tuple[PairAccumulator, quality.EvaluationRecords | None, int, int]:
     """One file's (or some of its row groups') pair statistics of the trips lasting
-    ``first`` to ``last`` microseconds, and its rows read and kept."""
+    ``bounds`` microseconds (and ``model``'s records of them), and its rows read and kept."""
     accumulator = PairAccumulator()
+    records = quality.EvaluationRecords(model) if model is not None else None
     rows_read = rows_kept = 0
     batches = reading.iter_batches(source, reading.TRAIN_COLUMNS, parquet, row_groups=row_groups)
     for batch in batches:
         assert batch.dropoff_us is not None
         duration = batch.dropoff_us - batch.pickup_us
-        keep = (duration >= first) & (duration <= last)  # both ends inclusive
-        if batch.times_valid is not None:
-            keep &= batch.times_valid
-        accumulator.add(batch.pu, batch.do, duration[keep] / 60e6, keep)
+        keep = quality.scored(duration, batch.times_valid, bounds)
+        minutes = duration[keep] / 60e6
+        accumulator.add(batch.pu, batch.do, minutes, keep)
+        if records is not None:
+            records.add(records.model.predict(batch.pu, batch.do)[keep], minutes)
         rows_read += duration.size
         rows_kept += int(np.count_nonzero(keep))
-    return accumulator, rows_read, rows_kept
+    return accumulator, records, rows_read, rows_kept
 
 
 def check_options(config: TrainConfig) -> None:
@@ -184,12 +186,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # The lock covers the whole run: a second training fails (or waits) at once instead
     # of reading everything first, and two never publish over each other.
     with artifacts.training_lock(config.artifacts, config.lock_timeout):
-        # The evaluation month is summarised like the training month, before the model
-        # exists. (Reading both at once in two threads was measured: no faster, numpy
-        # holds the GIL.)
+        # The model is fit before the evaluation month is read, so that one pass over it
+        # gives both its pair statistics (the gate scores the champion from them) and the
+        # new model's records of its errors, which need a prediction per row. (Reading
+        # both months at once in two threads was measured: no faster, numpy holds the GIL.)
         training = aggregate(config.train_data, low, high, "training")
-        evaluation = aggregate(config.eval_data, low, high, "evaluation")
-        summary = finish(config, training, evaluation)
+        model = fit(training.stats)
+        evaluation = aggregate(config.eval_data, low, high, "evaluation", model)
+        summary = finish(config, training, evaluation, model=model)
     return {**summary, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -211,21 +215,28 @@ def finish(
     training: Aggregate,
     evaluation: Aggregate,
     extra: dict[str, Any] | None = None,
+    *,
+    model: Model,
 ) -> dict[str, Any]:
-    """Fit the model of ``training``, score it on both, publish it with ``extra`` in its
-    metadata, and make it current if it passes the promotion gate; return the summary. The
-    one-process training and the reducing shard of a sharded one both end here; call it
-    while holding :func:`artifacts.training_lock`."""
-    model = fit(training.stats)
+    """Score ``model`` (fit on ``training``) on both, publish it with ``extra`` and its
+    records in its metadata, and make it current if it passes the promotion gate; return
+    the summary. The one-process training and the reducing shard of a sharded one both end
+    here; call it while holding :func:`artifacts.training_lock`. ``evaluation`` must hold
+    the model's records of the evaluation rows."""
+    assert evaluation.records is not None and evaluation.records.model is model
     metrics = score(model, training, evaluation)
+    created = volume.now_utc()
     metadata = {
-        "created": volume.now_utc(),
+        "created": created,
         "package_version": __version__,
         "python": platform.python_version(),
         "min_duration": config.min_duration,
         "max_duration": config.max_duration,
         "metrics": metrics,
         "inputs": {"train": training.fingerprints, "eval": evaluation.fingerprints},
+        "training_mix": quality.training_mix(training.stats),
+        "training_predicted_histogram": quality.predicted_histogram(model, training.stats),
+        "evaluation_records": evaluation.records.record(evaluation.stats),
         **(extra or {}),
     }
     gate = registry.publish_trained(
@@ -239,6 +250,7 @@ def finish(
     )
     return {
         "model_version": gate.pop("version"),
+        "model_created": created,
         **metrics,
         **gate,
         "artifacts": str(config.artifacts),

@@ -297,6 +297,11 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
                 if isinstance(r, dict)
             ]
             text += f", {summary['inputs_rejected']} rejected ({', '.join(names) or 'see logs'})"
+        if summary.get("rows_scored"):
+            text += (
+                f", rmse live {_num(summary.get('rmse_live'), 3)} "
+                f"on {_count(summary['rows_scored'], 'row')} scored"
+            )
         if "model_version" in summary:
             text += f" (model {summary['model_version']})"
         return text

@@ -4,6 +4,7 @@ from it alone, and the page's way through a pod's log (browser checks: test_repo
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import random
@@ -174,7 +175,29 @@ def test_the_snapshot_reads_registry_journal_and_rejected_notes(trained: Path, t
 # -- the command ---------------------------------------------------------------------------
 
 
+def without_records(root: Path) -> None:
+    """The current version as a model trained before the quality records were kept."""
+    folder = root / "models" / (root / "CURRENT").read_text().strip()
+    body = json.loads((folder / "model.json").read_text())
+    for key in ("evaluation_records", "training_mix", "training_predicted_histogram"):
+        body.pop(key, None)
+    data = json.dumps(body).encode()
+    (folder / "model.json").write_bytes(data)
+    (folder / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()}  model.json\n")
+
+
+def test_a_trained_model_carries_the_records_the_page_draws(trained: Path, tmp_path: Path):
+    out = tmp_path / "r.html"
+    run("report", "--artifacts", str(trained), "--output", str(out))
+    html = out.read_text()
+    assert "No records" not in html
+    # history, live error, residuals, predicted vs actual, worst zones, drift
+    assert html.count('<svg role="img"') == 6
+
+
 def test_report_of_a_volume_without_records_says_so(trained: Path, tmp_path: Path):
+    without_records(trained)
+    (trained / "runs").rename(tmp_path / "runs-aside")  # and no input records either
     out = tmp_path / "page" / "report.html"
     result = run("report", "--artifacts", str(trained), "--output", str(out))
     html = out.read_text()

@@ -121,13 +121,22 @@ def render_columns(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 #: The kubelet keeps at most this many bytes of a termination message.
 TERMINATION_LOG_BYTES = 4096
+#: Left out of a termination message first when it is too long: detail that the journal
+#: and stdout keep, which the run's own figures sum up.
+DROPPED_FIRST = ("input_records",)
 
 
 def fit_json(summary: Mapping[str, Any], limit: int = TERMINATION_LOG_BYTES) -> str:
-    """``summary`` as JSON of at most ``limit`` bytes, still valid JSON: long lists (an
-    infer run's outputs) are cut, keeping their first items and a count of the rest."""
+    """``summary`` as JSON of at most ``limit`` bytes, still valid JSON: an infer run's
+    per-input records go first (the run's figures stay), then long lists (its outputs) are
+    cut, keeping their first items and a count of the rest."""
     data = dict(summary)
     text = json.dumps(data, default=str)
+    for key in DROPPED_FIRST:
+        if len(text.encode()) > limit and isinstance(data.get(key), list):
+            data[f"{key}_omitted"] = len(data.pop(key))
+            summary = data
+            text = json.dumps(data, default=str)
     keep = max((len(v) for v in data.values() if isinstance(v, list)), default=0)
     while len(text.encode()) > limit and keep > 0:
         keep //= 2

@@ -14,9 +14,17 @@ from job.cli.options import (
     common_options,
     lock_timeout_option,
     option,
+    render_text,
     reporting,
 )
 from job.errors import BadInputError
+
+
+def render_infer(summary: Mapping[str, Any]) -> str:
+    """An infer summary as text, without its per-input records (one line each would bury
+    the run's figures; ``--output-format json`` has them)."""
+    return render_text({k: v for k, v in summary.items() if k != "input_records"})
+
 
 shards_option = option(
     "--shards",
@@ -162,7 +170,7 @@ def train(**options: Any) -> dict[str, Any]:
 @shards_option
 @shard_index_option
 @common_options
-@reporting(journal="infer")
+@reporting(text=render_infer, journal="infer")
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])
