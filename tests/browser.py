@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,9 @@ def check_page(page: Path, width: int, charts: int) -> dict[str, str]:
         }
 
 
-def screenshot(page: Path, out: Path, width: int) -> Path:
-    """A full-page PNG of ``page`` at ``width`` CSS pixels."""
+def screenshot(page: Path, out: Path, width: int, boxes: Sequence[str] = ()) -> list[Any]:
+    """A full-page PNG of ``page`` at ``width`` CSS pixels; returns the page boxes
+    ``(top, bottom)`` of the elements matching the CSS selectors ``boxes``."""
     with chromium(width) as web:
         web.get(page.resolve().as_uri())
         height = web.execute_script("return document.documentElement.scrollHeight")
@@ -129,4 +130,11 @@ def screenshot(page: Path, out: Path, width: int) -> Path:
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         web.save_screenshot(str(out))
-    return out
+        return [
+            web.execute_script(
+                "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+                "return [r.top + window.scrollY, r.bottom + window.scrollY]",
+                selector,
+            )
+            for selector in boxes
+        ]
