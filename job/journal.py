@@ -101,14 +101,14 @@ def record(
         "host": os.uname().nodename,
         "job": next((os.environ[n] for n in JOB_ENV if os.environ.get(n)), None),
     }
-    if not artifacts.is_dir():
-        # A fresh volume (infer before the first training) or a mistyped path: the journal
-        # does not create the artifacts folder.
-        return None
     slug = command.replace(" ", "-")
     runs = artifacts / RUNS
     own: Path | None = None
     try:
+        if not artifacts.is_dir():
+            # A fresh volume (infer before the first training) or a mistyped path: the
+            # journal does not create the artifacts folder.
+            return None
         data = json.dumps(entry, default=str, sort_keys=True).encode()
         runs.mkdir(parents=True, exist_ok=True)
         _replace_quickly(runs / f"last-{slug}.json", data)
