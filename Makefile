@@ -11,7 +11,7 @@ BASELINE ?=
 # More pytest arguments, e.g. PYTEST_ARGS="-m cluster" for the cluster suite alone.
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-scale clean-demo mutation
+.PHONY: install demo test lint bench bench-scale bench-report report-screenshots clean-demo mutation
 
 $(BIN)/taxi-job: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,9 @@ demo: install
 		--train-data $(DEMO)/data/yellow_tripdata_2021-01.parquet \
 		--eval-data $(DEMO)/data/yellow_tripdata_2021-02.parquet
 	$(BIN)/taxi-job infer --artifacts $(DEMO)/artifacts --input $(DEMO)/data/incoming
+	$(BIN)/taxi-job report --artifacts $(DEMO)/artifacts --output $(DEMO)/report.html
 	@echo "Artifacts in $(DEMO)/artifacts; predictions in $(DEMO)/artifacts/predictions"
+	@echo "The report: $(DEMO)/report.html (open it in a browser)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -46,6 +48,16 @@ bench: install
 # A year in one process against 2 shards side by side (README "Scaling out").
 bench-scale: install
 	$(BIN)/python benchmarks/scale.py --markdown
+
+# The report at 200 model versions and 50,000 predicted inputs (README "Report").
+bench-report: install
+	$(BIN)/python benchmarks/report.py
+
+# The demo's report in headless Chromium at 1280 and 390 px, into local/report/, and the
+# README's picture (docs/report.png). Needs chromium and chromedriver (.ci/setup-tools).
+report-screenshots: install
+	test -f $(DEMO)/report.html || $(MAKE) demo
+	$(BIN)/python scripts/report-screenshots.py $(DEMO)/report.html local/report docs/report.png
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -109,6 +109,15 @@ def read_history(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return entries
 
 
+#: The columns of a history entry as ``models history`` and the report show them.
+HISTORY_COLUMNS = ("time", "cause", "version", "previous_version", "by", "reason")
+
+
+def history_row(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A history entry's :data:`HISTORY_COLUMNS`, ``None`` for those it lacks."""
+    return tuple(entry.get(key) for key in HISTORY_COLUMNS)
+
+
 def _append_history(root: Path, entry: Mapping[str, Any]) -> None:
     """Append one line with one ``write`` to a file opened for appending, then sync: a
     crash leaves at worst a cut last line, which :func:`read_history` skips."""

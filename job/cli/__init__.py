@@ -26,6 +26,7 @@ COMMANDS = {
     "launch": "job.cli.cluster:launch",
     "runs": "job.cli.cluster:runs",
     "models": "job.cli.models:models",
+    "report": "job.cli.report:report",
 }
 
 

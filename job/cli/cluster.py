@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -146,7 +147,7 @@ def _launch_text(summary: Mapping[str, Any]) -> str:
 # Unknown options go to ARGS (`launch models promote V --reason R`): the models command
 # in the pod parses them.
 @click.command("launch", context_settings={"ignore_unknown_options": True})
-@click.argument("command", type=click.Choice(["train", "infer", "models"]))
+@click.argument("command", type=click.Choice(["train", "infer", "models", "report"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[MODELS ARGS]...")
 @cluster_options
 @option(
@@ -191,6 +192,19 @@ def _launch_text(summary: Mapping[str, Any]) -> str:
     metavar="SECONDS",
     help="Remove the Job, its pod and its log this long after it finished (a week).",
 )
+@option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="launch report: where the page goes on this machine (it comes back in the pod's "
+    "log).  [default: report.html]",
+)
+@option(
+    "--open/--no-open",
+    "open_",
+    default=False,
+    help="launch report: open the page in a browser once written.",
+)
 @common_options
 @reporting(text=_launch_text)
 def launch(
@@ -205,21 +219,33 @@ def launch(
     timeout: float | None,
     allow_overlap: bool,
     ttl: int,
+    output: Path | None,
+    open_: bool,
 ) -> Mapping[str, Any]:
     """Run train or infer now, as a Job made from its CronJob.
 
     `launch models ARGS...` runs `taxi-job models ARGS...` on the cluster's volume, waits
-    and prints its result: `launch models promote VERSION --reason TEXT` is a rollback."""
+    and prints its result: `launch models promote VERSION --reason TEXT` is a rollback.
+    `launch report --output FILE` draws the report page on the cluster's volume and
+    writes it here."""
     from job import kube, launcher
 
     overrides = launcher.parse_settings(settings)
     check_settings(command, overrides)
     job_args = None
+    template = command
     if command == "models":
         from job.cli.models import launch_args
 
         job_args = launch_args(args)
         wait = True  # the result is the point
+    elif command == "report":
+        if args:
+            raise click.UsageError(f"launch report takes no arguments (got {' '.join(args)})")
+        # The models template: same image, volume and security, no schedule; the page
+        # comes back framed in the pod's log (job.report.transport).
+        template, job_args = "models", ["report", "--output", "-"]
+        wait = True
     elif args:
         raise click.UsageError(
             f"launch {command} takes no arguments (got {' '.join(args)}); "
@@ -231,7 +257,7 @@ def launch(
     job = launcher.launch(
         cluster.batch,
         namespace,
-        command,
+        template,
         settings=overrides,
         allow_overlap=allow_overlap,
         launched_by=cluster.identity,
@@ -240,13 +266,13 @@ def launch(
     )
     name = name_of(job)
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}
-    if job_args is not None:
+    if job_args is not None and command == "models":
         summary["args"] = job_args[1:]
     if overrides:
         summary["settings"] = [f"{k}={v}" for k, v in overrides.items()]
     if not (wait or logs):
         return summary
-    output: list[str] = []
+    output_lines: list[str] = []
     if click.get_current_context().params.get("output_format") == "text":
         # The name first, before the pod's log: a script can read it from the first line.
         click.echo(name)
@@ -260,19 +286,37 @@ def launch(
             name,
             timeout=timeout,
             on_progress=printer.progress,
-            on_log=_log_sink(printer.log if logs else None, output if job_args else None),
+            on_log=_log_sink(printer.log if logs else None, output_lines if job_args else None),
         )
     finally:
         printer.close()
     summary.update(state=result.state, duration_s=round(result.elapsed_s, 1))
+    if command == "report":
+        return {**summary, **_save_report(output, output_lines, open_)}
     if job_args is not None:
         from job.cli.models import result_of
 
-        summary["result"] = result_of(output, result.summary)
+        summary["result"] = result_of(output_lines, result.summary)
         return summary
     for key, value in result.summary.items():
         summary.setdefault(key, value)
     return summary
+
+
+def _save_report(output: Path | None, lines: list[str], open_: bool) -> dict[str, Any]:
+    """Write the page carried by the pod's log ``lines`` to ``output``, whole or not at all."""
+    from job import volume
+    from job.report.transport import unframe
+
+    page = unframe(lines).encode()
+    target = output or Path("report.html")
+    with volume.writing("the report", target):
+        volume.write_atomic(target.absolute(), page)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(target.resolve().as_uri())
+    return {"output": str(target), "bytes": len(page)}
 
 
 def _log_sink(

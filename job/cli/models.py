@@ -54,17 +54,7 @@ def render_history(summary: Mapping[str, Any]) -> str:
     entries = summary["history"]
     if not entries:
         return f"no promotion yet in {summary['artifacts']}"
-    rows = [
-        (
-            e.get("time"),
-            e.get("cause"),
-            e.get("version"),
-            e.get("previous_version"),
-            e.get("by"),
-            e.get("reason"),
-        )
-        for e in entries
-    ]
+    rows = [registry.history_row(e) for e in entries]
     return render_columns(("TIME (UTC)", "CAUSE", "VERSION", "PREVIOUS", "BY", "REASON"), rows)
 
 
@@ -169,7 +159,7 @@ def show(version: str, artifacts: Path) -> Mapping[str, Any]:
 @lock_timeout_option
 @pushgateway_option
 @common_options
-@reporting
+@reporting(journal="models promote")
 def promote(
     version: str, artifacts: Path, reason: str | None, by: str | None, lock_timeout: float
 ) -> Mapping[str, Any]:
@@ -189,7 +179,7 @@ def promote(
 @lock_timeout_option
 @pushgateway_option
 @common_options
-@reporting
+@reporting(journal="models prune")
 def prune(artifacts: Path, keep: int, lock_timeout: float) -> Mapping[str, Any]:
     """Delete old model versions (each one atomically)."""
     return registry.prune(artifacts, keep, lock_timeout)

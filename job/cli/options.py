@@ -20,6 +20,7 @@ import click
 from job import logs
 from job.envvars import envvar
 from job.errors import EXIT_UNEXPECTED, InputsRejectedError, TaxiJobError
+from job.volume import now_utc
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,18 @@ def write_termination_log(path: Path, summary: Mapping[str, Any]) -> None:
 Body = Callable[..., Mapping[str, Any]]
 TextRenderer = Callable[[Mapping[str, Any]], str]
 JsonPayload = Callable[[Mapping[str, Any]], Any]
+AfterHook = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
 
 
 @overload
 def reporting(func: Body, /) -> Callable[..., None]: ...
 @overload
 def reporting(
-    *, text: TextRenderer = ..., payload: JsonPayload | None = ...
+    *,
+    text: TextRenderer = ...,
+    payload: JsonPayload | None = ...,
+    journal: str | None = ...,
+    after: AfterHook | None = ...,
 ) -> Callable[[Body], Callable[..., None]]: ...
 def reporting(
     func: Body | None = None,
@@ -191,6 +197,8 @@ def reporting(
     *,
     text: TextRenderer = render_text,
     payload: JsonPayload | None = None,
+    journal: str | None = None,
+    after: AfterHook | None = None,
 ) -> Callable[..., None] | Callable[[Body], Callable[..., None]]:
     """Wrap a command body that returns its summary: configure logging, print the summary,
     and turn the project's exceptions into one clear line on stderr and their exit code;
@@ -198,14 +206,49 @@ def reporting(
 
     ``@reporting(text=...)`` renders the text summary its own way (a table, say);
     ``payload`` picks what ``--output-format json`` prints (a list, say; the termination
-    log keeps the whole summary, an object)."""
+    log keeps the whole summary, an object). ``journal`` names the command in the run
+    journal on the volume (:mod:`job.journal`, written at the end of every run of it,
+    success or failure, into the ``--artifacts`` folder); ``after`` runs last, after a
+    success is reported, with the summary and the command's options (best effort: it
+    must not raise)."""
     if func is None:
-        return functools.partial(_reporting, text=text, payload=payload)
-    return _reporting(func, text=text, payload=payload)
+        return functools.partial(
+            _reporting, text=text, payload=payload, journal=journal, after=after
+        )
+    return _reporting(func, text=text, payload=payload, journal=journal, after=after)
+
+
+def _journal(
+    command: str | None,
+    options: Mapping[str, Any],
+    started: str,
+    code: int,
+    error: str | None,
+    summary: Mapping[str, Any] | None,
+) -> None:
+    """Record the run in the journal of its ``--artifacts`` folder, if it keeps one."""
+    artifacts = options.get("artifacts")
+    if command is None or not isinstance(artifacts, Path):
+        return
+    from job import journal
+
+    journal.record(
+        artifacts,
+        command,
+        started=started,
+        finished=now_utc(),
+        exit_code=code,
+        error=error,
+        summary=summary,
+    )
 
 
 def _reporting(
-    func: Body, text: TextRenderer, payload: JsonPayload | None = None
+    func: Body,
+    text: TextRenderer,
+    payload: JsonPayload | None = None,
+    journal: str | None = None,
+    after: AfterHook | None = None,
 ) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(
@@ -220,6 +263,7 @@ def _reporting(
     ) -> None:
         logs.configure(verbose - quiet, log_format)
         started = time.time()
+        started_at = now_utc()  # the journal's clock, ISO 8601 like the rest of the volume
         ran: dict[str, Any] = {}  # the summary and the error, once there are any
         code = EXIT_UNEXPECTED
         try:
@@ -232,9 +276,14 @@ def _reporting(
             code = exc.exit_code
             raise
         finally:  # the hooks at every run's end, success or failure: one call each
+            _journal(journal, kwargs, started_at, code, ran.get("error"), ran.get("summary"))
             if pushgateway:
                 shard = kwargs.get("shard_index") if kwargs.get("shards", 1) > 1 else None
                 push_metrics(pushgateway, code, started, ran.get("summary"), shard)
+        # Only a success gets here; the metrics are already pushed, so a slow hook (the
+        # report page) does not count in the run's duration.
+        if after is not None:
+            after(ran["summary"], kwargs)
 
     return wrapper
 

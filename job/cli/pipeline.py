@@ -56,6 +56,18 @@ def _require_shard_index(shards: int) -> None:
         )
 
 
+def refresh_report(summary: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """With ``--report-page``, after a training that published a model, the report page on
+    the volume (``ARTIFACTS/report.html``) is drawn again, for those who serve the folder.
+    Best effort: a page that cannot be written is a warning, never a failed training."""
+    if not options.get("report_page"):
+        return
+    if summary.get("model_version") and isinstance(options.get("artifacts"), Path):
+        from job import report
+
+        report.refresh(options["artifacts"])
+
+
 @click.command("train")
 @option(
     "--train-data",
@@ -118,10 +130,18 @@ def _require_shard_index(shards: int) -> None:
     help="The training all shards belong to (on Kubernetes: the Job's name); with --shards>1.",
 )
 @pushgateway_option
+@option(
+    "--report-page/--no-report-page",
+    default=False,
+    show_default=True,
+    help="After publishing, draw the report page ARTIFACTS/report.html (taxi-job report; "
+    "about a second, after the summary; a failure is only a warning).",
+)
 @common_options
-@reporting
+@reporting(journal="train", after=refresh_report)
 def train(**options: Any) -> dict[str, Any]:
     """Fit the duration model, publish it, and make it current if it passes the gate."""
+    options.pop("report_page")  # for refresh_report, after the run
     _require_shard_index(options["shards"])
     # Each command imports only its own domain modules: `train` does not load infer's queue
     # and publishing, `infer` (every minute) not the training, the shards or the gate.
@@ -157,7 +177,7 @@ def train(**options: Any) -> dict[str, Any]:
 @shard_index_option
 @pushgateway_option
 @common_options
-@reporting(text=render_infer)
+@reporting(text=render_infer, journal="infer")
 def infer(**options: Any) -> dict[str, Any]:
     """Predict trip durations of new input files with the current model."""
     _require_shard_index(options["shards"])

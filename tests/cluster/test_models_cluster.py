@@ -173,3 +173,51 @@ def test_the_launcher_role_suffices_for_launch_models(fake: FakeCluster, kubecon
 
     used = {verb_of(r) for r in fake.requests() if r.resource is not None}
     assert used <= role_grants()
+
+
+def test_launch_report_writes_the_page_from_the_pods_log(
+    fake: FakeCluster, kubeconfig: Path, tmp_path: Path
+) -> None:
+    from job.report.transport import frame
+
+    page = "<!DOCTYPE html><title>taxi-job model report</title>" + "<p>v1</p>" * 500
+    fake.put(CRONJOBS, make_cronjob("models"))
+    pod_log = [json.dumps({"level": "info", "logger": "x", "message": "m"}), *frame(page)]
+    fake.react(("get", PODS, kmock.subresource("log")), ("\n".join(pod_log) + "\n").encode())
+    out = tmp_path / "report.html"
+
+    with FakeController(fake, message=json.dumps({"output": "-", "bytes": len(page)})):
+        result = CliRunner().invoke(
+            cli, ["launch", "report", "--output", str(out), "--timeout", "30"]
+        )
+
+    assert result.exit_code == 0, result.output
+    [body] = fake.created_jobs()
+    assert body["metadata"]["name"].startswith("models-manual-")  # the models template
+    assert body["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "report", "--output", "-"]  # fmt: skip
+    assert out.read_text() == page
+    fields = dict(line.split(None, 1) for line in result.stdout.splitlines()[1:])
+    assert (fields["command"], fields["output"], fields["bytes"]) == (
+        "report", str(out), str(len(page)))  # fmt: skip
+
+
+def test_launch_report_with_a_cut_log_writes_nothing(
+    fake: FakeCluster, kubeconfig: Path, tmp_path: Path
+) -> None:
+    from job.report.transport import frame
+
+    page = "<!DOCTYPE html>" + "".join(f"<p>{n}</p>" for n in range(3000))
+    fake.put(CRONJOBS, make_cronjob("models"))
+    cut = frame(page)[:-3]  # the end of the page never came
+    fake.react(("get", PODS, kmock.subresource("log")), ("\n".join(cut) + "\n").encode())
+    out = tmp_path / "report.html"
+
+    with FakeController(fake, message=json.dumps({"output": "-"})):
+        result = CliRunner().invoke(
+            cli, ["launch", "report", "--output", str(out), "--timeout", "30"]
+        )
+
+    assert result.exit_code == 70, result.output
+    assert "the report was cut short" in result.stderr
+    assert not out.exists()

@@ -119,7 +119,8 @@ def run_container(
             for key, value in configmap["data"].items():
                 command += ["--env", f"{key}={value}"]
         for item in container.get("env", []):
-            command += ["--env", f"{item['name']}={item['value']}"]
+            if "value" in item:  # valueFrom (the downward API) exists only in a cluster
+                command += ["--env", f"{item['name']}={item['value']}"]
 
         volumes = {v["name"]: v for v in spec["volumes"]}
         for mount in container["volumeMounts"]:

@@ -12,7 +12,7 @@ import click
 import pytest
 import yaml
 
-from job import __version__
+from job import __version__, journal
 from job.cli import all_commands
 from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL, EXIT_TRANSIENT, EXIT_UNEXPECTED
 
@@ -238,7 +238,8 @@ def test_pod_failure_policy_uses_the_cli_exit_codes(by_kind_name: GetObject, nam
 def test_every_taxi_job_variable_is_a_cli_option(
     workloads: list[Manifest], by_kind_name: GetObject
 ) -> None:
-    known = cli_envvars()
+    # ...or who runs, from the downward API, for the run journal (not an option).
+    known = {**cli_envvars(), **dict.fromkeys(journal.JOB_ENV)}
     set_somewhere = set(by_kind_name("ConfigMap", CONFIGMAP)["data"])
     for workload in workloads:
         for container in containers(workload):

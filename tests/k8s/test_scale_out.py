@@ -53,6 +53,7 @@ def test_train_and_backlog_become_indexed_jobs_of_n_shards(variant, manifests) -
         assert spec["completions"] == spec["parallelism"] == int(env["TAXI_JOB_SHARDS"]["value"])
         assert spec["completions"] == 3
         assert env["TAXI_JOB_SHARD_INDEX"]["valueFrom"] == {"fieldRef": {"fieldPath": INDEX}}
+        assert "TAXI_JOB_JOB_NAME" in env  # the base's env kept: the journal names the Job
         assert spec["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in spec
         rules = spec["podFailurePolicy"]["rules"]
         base_rules = job_spec(get(manifests, "CronJob", name))["podFailurePolicy"]["rules"]
