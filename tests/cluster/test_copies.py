@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from kfake import CRONJOBS, JOBS, FakeCluster, make_cronjob, make_job, make_pod
 
+from job import launcher
 from job.cli import cli
 
 PODS = kmock.resource("", "v1", "pods")
@@ -158,3 +159,32 @@ def test_runs_shows_a_sharded_training_that_published_nothing(
     code, out, err = run("runs", "--output-format", "json")
     [run_] = json.loads(out)["runs"]
     assert run_["summary"]["no_reducer"] is True
+
+
+def test_launch_wait_returns_the_reducers_summary(fake: FakeCluster) -> None:
+    fake.put(JOBS, make_job("train-1", state="succeeded"))
+    reduced = {"reducer": 1, "model_version": "v2", "gate": "rejected"}
+    fake.put(PODS, shard_pod("train-1", 1, reduced, "2025-01-05T00:00:01Z"))
+    fake.put(PODS, shard_pod("train-1", 0, {"reducer": 1}, "2025-01-05T00:00:02Z"))
+
+    result = launcher.wait(fake.batch, fake.core, "taxi-job", "train-1")
+
+    assert (result.summary["shard"], result.summary["gate"]) == (1, "rejected")
+
+
+def test_launch_wait_warns_when_no_shard_reduced(
+    fake: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.put(JOBS, make_job("train-1", state="succeeded"))
+    fake.put(
+        PODS,
+        shard_pod("train-1", 0, {"reducer": None, "missing_shards": [1]}, "2025-01-05T00:00:01Z"),
+    )
+
+    result = launcher.wait(fake.batch, fake.core, "taxi-job", "train-1")
+
+    assert result.summary["no_reducer"] is True
+    assert (
+        "job train-1 succeeded but no shard reduced: no model was published "
+        "(no shard reduced: nothing published (shard 0 waited for [1]))"
+    ) in caplog.text
