@@ -205,15 +205,16 @@ def find_cronjob(
     batch: BatchV1Api, namespace: str, command: str, prefix: str | None = None
 ) -> V1CronJob:
     """The CronJob that runs ``command``: the one labelled ``app.kubernetes.io/component:
-    COMMAND``, whatever its name (a kustomize ``namePrefix`` renames it, not its labels).
-    With ``prefix``, the one named ``PREFIX`` + ``COMMAND`` among them; without, the only
-    one. Raises :class:`AmbiguousCronJobError` (exit 2, naming the copies) when several
-    match, :class:`job.kube.ClusterError` when none does."""
-    selector = f"{COMPONENT_LABEL}={command}"
+    COMMAND``, whatever its name (a kustomize ``namePrefix`` renames it, not its labels),
+    or one without that label named ``COMMAND``. With ``prefix``, the one named ``PREFIX``
+    + ``COMMAND`` among them; without, the only one. Raises :class:`AmbiguousCronJobError`
+    (exit 2, naming the copies) when several match, :class:`job.kube.ClusterError` when
+    none does."""
+    # All of the namespace's, not by a label selector: a CronJob of one's own manifests
+    # without the label is still found by its name.
     with api_call(batch, "list", "cronjobs.batch", namespace=namespace):
-        listed = batch.list_namespaced_cron_job(namespace, label_selector=selector).items
-    # Checked here too: a server (or a stand-in) that ignores the selector sends them all.
-    found = [c for c in listed or [] if (meta(c).labels or {}).get(COMPONENT_LABEL) == command]
+        listed = batch.list_namespaced_cron_job(namespace).items or []
+    found = [c for c in listed if _runs(c, command)]
     names = sorted(name_of(c) for c in found)
     if prefix is not None:
         found = [c for c in found if name_of(c) == prefix + command]
@@ -224,7 +225,10 @@ def find_cronjob(
                 f'no CronJob "{prefix}{command}" {where}; the {command} CronJobs are: '
                 f"{', '.join(names)} (--prefix chooses by the part before {command!r})"
             )
-        raise ClusterError(f"no CronJob labelled {selector} {where}: {APPLY_HINT}")
+        raise ClusterError(
+            f"no CronJob labelled {COMPONENT_LABEL}={command} or named {command} {where}: "
+            f"{APPLY_HINT}"
+        )
     if len(found) > 1:
         prefixes = ", ".join(repr(n[: -len(command)]) for n in names if n.endswith(command))
         raise AmbiguousCronJobError(
@@ -235,6 +239,11 @@ def find_cronjob(
     if meta(cronjob).namespace is None and cronjob.metadata is not None:
         cronjob.metadata.namespace = namespace
     return cronjob
+
+
+def _runs(cronjob: V1CronJob, command: str) -> bool:
+    component = (meta(cronjob).labels or {}).get(COMPONENT_LABEL)
+    return component == command if component else name_of(cronjob) == command
 
 
 def active_runs(batch: BatchV1Api, namespace: str, cronjob: str) -> list[V1Job]:

@@ -284,8 +284,8 @@ def test_missing_cronjob(fake: FakeCluster, kubeconfig: Path) -> None:
 
     assert code == 69
     assert err.strip() == (
-        "taxi-job: error: no CronJob labelled app.kubernetes.io/component=infer in "
-        'namespace "taxi-job": apply the manifests first (kubectl apply -k .)'
+        "taxi-job: error: no CronJob labelled app.kubernetes.io/component=infer or named "
+        'infer in namespace "taxi-job": apply the manifests first (kubectl apply -k .)'
     )
 
 
