@@ -11,7 +11,9 @@ Exit codes of the launcher's own errors (the cluster's are in :mod:`job.kube`):
 ==== ===================================================================================
 code meaning
 ==== ===================================================================================
-2    :class:`job.errors.BadInputError`: a ``--set`` that is not ``KEY=VALUE``.
+2    :class:`job.errors.BadInputError`: a ``--set`` that is not ``KEY=VALUE``;
+     :class:`AmbiguousCronJobError`: copies of the command's CronJob (kustomize
+     ``namePrefix``) and no ``--prefix`` to choose one.
 70   :class:`RunFailedError`: the Job ran and failed (the message says why).
 75   :class:`OverlapError`: another ``train`` Job is active; try again when it is done.
 124  :class:`WaitTimeoutError`: ``--timeout`` passed; the Job keeps running.
@@ -35,22 +37,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 from job.envvars import envvar
 from job.errors import EXIT_TRANSIENT, BadInputError, TaxiJobError
-from job.kube import ClusterError, api_call, explain
+from job.kube import APPLY_HINT, ClusterError, api_call, explain
 from job.runs import (
+    COMPONENT_LABEL,
     INSTANTIATE_ANNOTATION,
     LAUNCHED_BY_ANNOTATION,
     TRIGGER_LABEL,
     JobState,
-    command_of,
     created_at,
+    cronjob_of,
+    describe_summary,
     is_job_pod,
     job_state,
     meta,
     name_of,
     pick_container,
-    pod_for_result,
+    run_summary,
     started_at,
-    termination_summary,
     trigger_of,
 )
 
@@ -74,6 +77,11 @@ DEFAULT_TTL = 7 * 24 * 3600
 
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SUFFIX = string.ascii_lowercase + string.digits
+
+
+class AmbiguousCronJobError(BadInputError):
+    """More than one CronJob runs the command (copies under a ``namePrefix``), and none
+    was chosen."""
 
 
 class OverlapError(TaxiJobError):
@@ -193,11 +201,57 @@ def _set_env(containers: Sequence[Any], settings: Mapping[str, str]) -> None:
     target.env = env
 
 
-def active_runs(batch: BatchV1Api, namespace: str, command: str) -> list[V1Job]:
-    """The unfinished Jobs of ``command``, scheduled or manual."""
+def find_cronjob(
+    batch: BatchV1Api, namespace: str, command: str, prefix: str | None = None
+) -> V1CronJob:
+    """The CronJob that runs ``command``: the one labelled ``app.kubernetes.io/component:
+    COMMAND``, whatever its name (a kustomize ``namePrefix`` renames it, not its labels),
+    or one without that label named ``COMMAND``. With ``prefix``, the one named ``PREFIX``
+    + ``COMMAND`` among them; without, the only one. Raises :class:`AmbiguousCronJobError`
+    (exit 2, naming the copies) when several match, :class:`job.kube.ClusterError` when
+    none does."""
+    # All of the namespace's, not by a label selector: a CronJob of one's own manifests
+    # without the label is still found by its name.
+    with api_call(batch, "list", "cronjobs.batch", namespace=namespace):
+        listed = batch.list_namespaced_cron_job(namespace).items or []
+    found = [c for c in listed if _runs(c, command)]
+    names = sorted(name_of(c) for c in found)
+    if prefix is not None:
+        found = [c for c in found if name_of(c) == prefix + command]
+    where = f'in namespace "{namespace}"'
+    if not found:
+        if prefix is not None and names:
+            raise ClusterError(
+                f'no CronJob "{prefix}{command}" {where}; the {command} CronJobs are: '
+                f"{', '.join(names)} (--prefix chooses by the part before {command!r})"
+            )
+        raise ClusterError(
+            f"no CronJob labelled {COMPONENT_LABEL}={command} or named {command} {where}: "
+            f"{APPLY_HINT}"
+        )
+    if len(found) > 1:
+        prefixes = ", ".join(repr(n[: -len(command)]) for n in names if n.endswith(command))
+        raise AmbiguousCronJobError(
+            f"{len(found)} CronJobs run {command} {where}: {', '.join(names)}; choose one "
+            f"with --prefix (one of {prefixes or 'their name prefixes'})"
+        )
+    cronjob = found[0]
+    if meta(cronjob).namespace is None and cronjob.metadata is not None:
+        cronjob.metadata.namespace = namespace
+    return cronjob
+
+
+def _runs(cronjob: V1CronJob, command: str) -> bool:
+    component = (meta(cronjob).labels or {}).get(COMPONENT_LABEL)
+    return component == command if component else name_of(cronjob) == command
+
+
+def active_runs(batch: BatchV1Api, namespace: str, cronjob: str) -> list[V1Job]:
+    """The unfinished Jobs of the CronJob ``cronjob``, scheduled or manual (a copy under
+    another ``namePrefix`` is another deployment: it does not count)."""
     with api_call(batch, "list", "jobs.batch", namespace=namespace):
         jobs = batch.list_namespaced_job(namespace).items or []
-    return [j for j in jobs if command_of(j) == command and not job_state(j).finished]
+    return [j for j in jobs if cronjob_of(j) == cronjob and not job_state(j).finished]
 
 
 def describe_active(jobs: Sequence[V1Job], now: dt.datetime | None = None) -> str:
@@ -222,26 +276,26 @@ def launch(
     name: str | None = None,
     args: Sequence[str] | None = None,
     ttl: int = DEFAULT_TTL,
+    prefix: str | None = None,
 ) -> V1Job:
-    """Create a Job from the CronJob ``command`` (running ``args`` instead of the template's,
-    if given), removed ``ttl`` seconds after it finishes. While a Job of the command is
-    active, refuse a guarded command (``train``) unless ``allow_overlap``; otherwise log a
-    warning naming the active Jobs. Returns the created Job."""
-    with api_call(batch, "get", "cronjobs.batch", name=command, namespace=namespace):
-        cronjob = batch.read_namespaced_cron_job(command, namespace)
-    if meta(cronjob).namespace is None and cronjob.metadata is not None:
-        cronjob.metadata.namespace = namespace
-    active = active_runs(batch, namespace, command)
+    """Create a Job from the CronJob of ``command`` (:func:`find_cronjob`, ``prefix``
+    choosing among copies), running ``args`` instead of the template's if given, removed
+    ``ttl`` seconds after it finishes. While a Job of that CronJob is active, refuse a
+    guarded command (``train``) unless ``allow_overlap``; otherwise log a warning naming
+    the active Jobs. Returns the created Job."""
+    cronjob = find_cronjob(batch, namespace, command, prefix)
+    source = name_of(cronjob)
+    active = active_runs(batch, namespace, source)
     if active and command in GUARDED and not allow_overlap:
         raise OverlapError(
-            f"refusing to start {command}: {describe_active(active)} still active; "
+            f"refusing to start {source}: {describe_active(active)} still active; "
             "wait for it to finish or pass --allow-overlap"
         )
     if active:
-        logger.warning("starting %s while %s still active", command, describe_active(active))
+        logger.warning("starting %s while %s still active", source, describe_active(active))
     job = build_job(
         cronjob,
-        name=name or job_name(command),
+        name=name or job_name(source),
         settings=settings,
         launched_by=launched_by,
         args=args,
@@ -511,15 +565,20 @@ def _next_change(batch: BatchV1Api, namespace: str, name: str, job: V1Job, windo
 
 
 def _result(job: V1Job, state: JobState, pods: Sequence[V1Pod], elapsed: float) -> RunResult:
-    pod = pod_for_result(pods, state.state)
     result = RunResult(
         job=name_of(job),
         state=state.state,
         reason=state.reason,
         message=state.message,
         elapsed_s=elapsed,
-        summary=termination_summary(pod) if pod is not None else {},
+        summary=run_summary(pods, state.state),
     )
+    if result.summary.get("no_reducer"):
+        logger.warning(
+            "job %s succeeded but no shard reduced: no model was published (%s)",
+            result.job,
+            describe_summary("train", result.summary),
+        )
     if state.state == "failed":
         raise RunFailedError(result.failure())
     return result

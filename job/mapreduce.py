@@ -51,6 +51,36 @@ class Plan:
     fingerprints: dict[str, list[dict[str, Any]]]
     parts: list[dict[str, list[shards.Part]]]
     digest: str
+    """Of the options and the inputs' fingerprints: partials of another plan are read anew."""
+    options: dict[str, Any]
+    """What every shard of a run must be given alike (:func:`run_options`)."""
+
+
+def run_options(config: TrainConfig) -> dict[str, Any]:
+    """The options that decide a run's model: every shard of one run id must agree on them,
+    and a run id that published may not be reused with others (either would leave the
+    model to whichever shard or run came last)."""
+    return {
+        "train_data": str(config.train_data),
+        "eval_data": str(config.eval_data),
+        "min_duration": config.min_duration,
+        "max_duration": config.max_duration,
+        "shards": config.shards,
+    }
+
+
+def _check_same(config: TrainConfig, options: dict[str, Any], seen: Any, where: str) -> None:
+    """Refuse (exit 2) when ``seen`` (the options a shard or the published run of this run
+    id recorded) differs from ``options``, naming the run id and the first option."""
+    if not isinstance(seen, dict):
+        return  # written before options were recorded
+    for key, value in options.items():
+        if key in seen and seen[key] != value:
+            raise BadInputError(
+                f"run id {config.run_id}: {where} --{key.replace('_', '-')} {seen[key]}, "
+                f"this shard {value}; every shard of a run needs the same options and "
+                "inputs, and a new training a new --run-id"
+            )
 
 
 def plan(config: TrainConfig) -> Plan:
@@ -80,7 +110,7 @@ def plan(config: TrainConfig) -> Plan:
         "inputs": fingerprints,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return Plan(sources, fingerprints, parts, digest)
+    return Plan(sources, fingerprints, parts, digest, run_options(config))
 
 
 def _map(config: TrainConfig, the_plan: Plan, shard: int, path: Path) -> Parts:
@@ -97,6 +127,7 @@ def _map(config: TrainConfig, the_plan: Plan, shard: int, path: Path) -> Parts:
         "shard": shard,
         "shards": config.shards,
         "plan": the_plan.digest,
+        "options": the_plan.options,
         **{
             role: {"rows_read": result[role].rows_read, "rows_kept": result[role].rows_kept}
             for role in shards.ROLES
@@ -186,6 +217,18 @@ def _published_version(root: Path, run_id: str) -> str | None:
     return None
 
 
+def _check_partners(config: TrainConfig, the_plan: Plan, folder: Path) -> None:
+    """Refuse (exit 2) when a shard of this run wrote its partial with other options."""
+    for k in range(config.shards):
+        if k == config.shard_index:
+            continue
+        try:
+            header, _ = shards.read_partial(shards.partial_path(folder, k, config.shards))
+        except shards.PartialError:
+            continue  # not there (yet), or damaged: the reducer reads that share again
+        _check_same(config, the_plan.options, header.get("options"), f"shard {k} ran with")
+
+
 def train_shard(config: TrainConfig) -> dict[str, Any]:
     """Read this shard's share of the inputs into partial statistics; when every shard's
     are there, claim the reduce and, if this shard wins, fit, score and publish."""
@@ -200,6 +243,14 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
     done = shards.published(folder)
     if done is not None:
+        version = done.get("model_version")
+        _check_same(config, run_options(config), done.get("options"), f"published {version} with")
+        if "plan" in done and done["plan"] != plan(config).digest:
+            raise BadInputError(
+                f"run id {config.run_id}: published {version} already, from inputs that "
+                f"have changed since ({config.train_data}, {config.eval_data}); a new "
+                "training needs a new --run-id"
+            )
         logger.info("run %s published %s already; nothing to do", config.run_id, done)
         with volume.writing("partial statistics"):  # a late duplicate's, if any
             shards.remove_partials(folder)
@@ -213,6 +264,8 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
         with volume.writing("partial statistics"):
             shards.remove_partials(folder)
         return {**identity, "published_already": done.get("model_version"), "seconds": 0.0}
+    # After writing ours: of two shards that disagree, the later to write sees the other.
+    _check_partners(config, the_plan, folder)
     summary: dict[str, Any] = {
         **identity,
         "rows_read": mine["train"].rows_read,
@@ -222,8 +275,22 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
     }
     missing = shards.missing(folder, count)
     if missing:
-        logger.info("shard %d done; waiting for shard(s) %s", shard, missing)
-        return {**summary, "reducer": None, "seconds": round(time.perf_counter() - started, 3)}
+        # Not an error: a later shard reduces. But if none comes (a Job that runs fewer
+        # pods than --shards), nothing is published: say so where it can be seen.
+        logger.warning(
+            "shard %d of %d done; shard(s) %s not done yet: the last of them to finish "
+            "reduces; if they never run, run %s publishes nothing",
+            shard,
+            count,
+            missing,
+            config.run_id,
+        )
+        return {
+            **summary,
+            "reducer": None,
+            "missing_shards": missing,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     with volume.writing("the reduce claim"):
         holder, claim = shards.claim(folder, shard)
     if holder != shard:
@@ -267,7 +334,15 @@ def train_shard(config: TrainConfig) -> dict[str, Any]:
             registry.finish_interrupted(config.artifacts, version)
             summary = {**summary, "published_already": version}
         with volume.writing("partial statistics"):
-            shards.mark_published(folder, {"model_version": version, "run_id": config.run_id})
+            shards.mark_published(
+                folder,
+                {
+                    "model_version": version,
+                    "run_id": config.run_id,
+                    "plan": the_plan.digest,
+                    "options": the_plan.options,
+                },
+            )
             shards.remove_partials(folder)
     return {
         **summary,

@@ -32,6 +32,10 @@ INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 TRIGGER_LABEL = "taxi-job/trigger"
 #: Who launched a manual Job (an annotation: free text).
 LAUNCHED_BY_ANNOTATION = "taxi-job/launched-by"
+#: The label that says which command a CronJob (and its Jobs, through the jobTemplate's
+#: labels) runs: the launcher finds CronJobs by it, so copies renamed by a kustomize
+#: ``namePrefix`` (``blue-train``) are found as well.
+COMPONENT_LABEL = "app.kubernetes.io/component"
 #: The label the Job controller puts on its pods (``batch.kubernetes.io/job-name`` since
 #: 1.27 too; this older one is still set and works on every version).
 JOB_NAME_LABEL = "job-name"
@@ -107,12 +111,25 @@ def created_at(obj: V1Job | V1Pod) -> dt.datetime:
     return meta(obj).creation_timestamp or dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
-def command_of(job: V1Job) -> str | None:
-    """``train`` or ``infer``: the CronJob that owns ``job`` (scheduled or launched by us)."""
+def cronjob_of(job: V1Job) -> str | None:
+    """The name of the CronJob that owns ``job`` (scheduled, or launched by us)."""
     for ref in meta(job).owner_references or []:
-        if ref.kind == "CronJob" and ref.name in COMMANDS:
+        if ref.kind == "CronJob" and ref.name:
             return str(ref.name)
     return None
+
+
+def command_of(job: V1Job) -> str | None:
+    """``train``, ``infer`` or ``models``: the command of the CronJob that owns ``job``, by
+    the component label its jobTemplate gives it (the CronJob's name may carry a
+    ``namePrefix``), else by that CronJob's name (a Job made from a template without it)."""
+    owner = cronjob_of(job)
+    if owner is None:
+        return None
+    component = (meta(job).labels or {}).get(COMPONENT_LABEL)
+    if component in COMMANDS:
+        return str(component)
+    return owner if owner in COMMANDS else None
 
 
 def trigger_of(job: V1Job) -> str:
@@ -181,6 +198,37 @@ def pod_for_result(pods: Iterable[V1Pod], state: str) -> V1Pod | None:
     return ordered[-1] if ordered else None
 
 
+def is_reducer(summary: Mapping[str, Any]) -> bool:
+    """A shard's summary that tells the sharded training's outcome: the shard that reduced
+    (fitted, gated, published), or one that found the run published already."""
+    return summary.get("reducer") == summary.get("shard") or bool(summary.get("published_already"))
+
+
+def run_summary(pods: Iterable[V1Pod], state: str) -> dict[str, Any]:
+    """What a Job's run says about itself. One pod: its termination message. A sharded
+    training (an Indexed Job, a pod a shard): the reducer's summary, not whichever shard
+    ended last (a training the gate rejected shows rejected); when every shard succeeded
+    and none reduced, the newest shard's with ``no_reducer: true``: nothing was published
+    (more shards expected than the Job ran, or a shard that never saw the others')."""
+    ordered = sorted(pods, key=created_at)
+    if state == "succeeded":
+        done = [
+            termination_summary(p)
+            for p in ordered
+            if p.status is not None and p.status.phase == "Succeeded"
+        ]
+        shards = [s for s in done if "shard" in s and "shards" in s]
+        if shards:
+            reduced = [s for s in shards if is_reducer(s)]
+            # The reducer's own summary before a late duplicate's "published already".
+            reduced.sort(key=lambda s: s.get("reducer") == s.get("shard"))
+            if reduced:
+                return reduced[-1]
+            return {**shards[-1], "no_reducer": True}
+    pod = pod_for_result(ordered, state)
+    return termination_summary(pod) if pod is not None else {}
+
+
 @dataclass(frozen=True)
 class Run:
     """One Job of the history."""
@@ -218,12 +266,20 @@ def list_runs(
     *,
     limit: int = 20,
     now: dt.datetime | None = None,
+    prefix: str | None = None,
 ) -> list[Run]:
-    """The ``limit`` newest runs of ``train`` and ``infer`` in ``namespace``, newest first."""
+    """The ``limit`` newest runs of ``train``, ``infer`` and ``models`` in ``namespace``,
+    newest first: of every copy of the CronJobs (names under any ``namePrefix``), or, with
+    ``prefix``, of the copy named ``PREFIX`` + command."""
     now = now or dt.datetime.now(dt.UTC)
     with api_call(batch, "list", "jobs.batch", namespace=namespace):
         jobs = batch.list_namespaced_job(namespace).items or []
-    ours = [j for j in jobs if command_of(j) is not None]
+    ours = [
+        j
+        for j in jobs
+        if (command := command_of(j)) is not None
+        and (prefix is None or cronjob_of(j) == prefix + command)
+    ]
     ours.sort(key=lambda j: started_at(j) or now, reverse=True)
     ours = ours[:limit]
     pods: list[V1Pod] = []
@@ -240,8 +296,7 @@ def _run(job: V1Job, pods: Sequence[V1Pod], now: dt.datetime) -> Run:
     duration = (end - start).total_seconds() if start and end else None
     summary: dict[str, Any] = {}
     if state.finished:
-        pod = pod_for_result((p for p in pods if is_job_pod(p, name_of(job))), state.state)
-        summary = termination_summary(pod) if pod is not None else {}
+        summary = run_summary((p for p in pods if is_job_pod(p, name_of(job))), state.state)
     return Run(
         name=name_of(job),
         command=command_of(job) or "?",
@@ -268,6 +323,10 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
     rows for ``infer``, the error for a failed run."""
     if not summary:
         return "-"
+    if summary.get("no_reducer"):
+        missing = summary.get("missing_shards")
+        waited = f" (shard {summary.get('shard')} waited for {missing})" if missing else ""
+        return f"no shard reduced: nothing published{waited}"
     if "error" in summary and not summary.get("inputs_rejected"):
         return f"error: {summary['error']}"
     if command == "train" and "model_version" in summary:
@@ -356,6 +415,8 @@ def table_row(run: Mapping[str, Any]) -> tuple[str, ...]:
     state = f"{run['state']} ({run['reason']})" if run.get("reason") else run["state"]
     if run["state"] == "succeeded" and is_rejected(run["command"], run.get("summary") or {}):
         state = "rejected"
+    if run["state"] == "succeeded" and (run.get("summary") or {}).get("no_reducer"):
+        state = "unpublished"
     start = str(run["start"])[:16].replace("T", " ") if run.get("start") else "-"
     return (
         run["name"],

@@ -46,6 +46,14 @@ def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="The kubeconfig context [default: its current context].",
         ),
+        option(
+            "--prefix",
+            default=None,
+            metavar="PREFIX",
+            help="Of copies of the CronJobs in one namespace (a kustomize namePrefix such as "
+            "blue-), the one whose names start with PREFIX [default: the only copy; runs: "
+            "all copies].",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -213,6 +221,7 @@ def launch(
     namespace: str,
     kubeconfig: str | None,
     context: str | None,
+    prefix: str | None,
     settings: tuple[str, ...],
     wait: bool,
     logs: bool,
@@ -263,6 +272,7 @@ def launch(
         launched_by=cluster.identity,
         args=job_args,
         ttl=ttl,
+        prefix=prefix,
     )
     name = name_of(job)
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}
@@ -358,6 +368,7 @@ def runs(
     namespace: str,
     kubeconfig: str | None,
     context: str | None,
+    prefix: str | None,
     limit: int,
 ) -> Mapping[str, Any]:
     """List recent train and infer runs, scheduled and manual, with their results."""
@@ -365,5 +376,5 @@ def runs(
     from job.runs import list_runs
 
     cluster = kube.connect(kubeconfig, context)
-    history = list_runs(cluster.batch, cluster.core, namespace, limit=limit)
+    history = list_runs(cluster.batch, cluster.core, namespace, limit=limit, prefix=prefix)
     return {"namespace": namespace, "runs": [run.to_dict() for run in history]}

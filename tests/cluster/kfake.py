@@ -121,17 +121,23 @@ class FakeCluster:
         return path
 
 
-def make_cronjob(command: str = "train", *, uid: str = "uid-of-cronjob") -> dict[str, Any]:
-    """A CronJob as manifests/cronjob-*.yaml define it."""
+def make_cronjob(
+    command: str = "train", *, uid: str = "uid-of-cronjob", prefix: str = ""
+) -> dict[str, Any]:
+    """A CronJob as the manifests define it (renamed ``PREFIX`` + command by a kustomize
+    ``namePrefix``, its labels kept)."""
     schedule = "0 0 * * 0" if command == "train" else "* * * * *"
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
         "metadata": {
-            "name": command,
+            "name": prefix + command,
             "namespace": NS,
             "uid": uid,
-            "labels": {"app.kubernetes.io/name": "taxi-job"},
+            "labels": {
+                "app.kubernetes.io/name": "taxi-job",
+                "app.kubernetes.io/component": command,
+            },
         },
         "spec": {
             "schedule": schedule,
@@ -201,8 +207,9 @@ def make_job(
     end: str = "2025-01-05T00:02:05Z",
     reason: str | None = None,
     message: str | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """A Job of the ``command`` CronJob, in the given state."""
+    """A Job of the ``command`` CronJob (named ``PREFIX`` + command), in the given state."""
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": NS,
@@ -213,7 +220,7 @@ def make_job(
             {
                 "apiVersion": "batch/v1",
                 "kind": "CronJob",
-                "name": command,
+                "name": prefix + command,
                 "uid": "uid-of-cronjob",
                 "controller": True,
             }

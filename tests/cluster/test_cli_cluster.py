@@ -244,11 +244,11 @@ def test_launch_refuses_an_overlapping_train(fake: FakeCluster, kubeconfig: Path
         (
             403,
             77,
-            'taxi-job: error: RBAC denies "alice" to get cronjobs.batch in namespace '
+            'taxi-job: error: RBAC denies "alice" to list cronjobs.batch in namespace '
             '"taxi-job": grant it in a Role (see manifests/launcher-rbac.yaml)',
         ),
         (401, 77, "the API server at http://127.0.0.1:"),
-        (500, 75, 'failed to get cronjobs.batch "train" in namespace "taxi-job" (500)'),
+        (500, 75, 'failed to list cronjobs.batch in namespace "taxi-job" (500)'),
     ],
 )
 def test_api_refusals_are_one_line(
@@ -284,8 +284,8 @@ def test_missing_cronjob(fake: FakeCluster, kubeconfig: Path) -> None:
 
     assert code == 69
     assert err.strip() == (
-        'taxi-job: error: cronjobs.batch "infer" in namespace "taxi-job" '
-        "not found: apply the manifests first (kubectl apply -k .)"
+        "taxi-job: error: no CronJob labelled app.kubernetes.io/component=infer or named "
+        'infer in namespace "taxi-job": apply the manifests first (kubectl apply -k .)'
     )
 
 

@@ -11,6 +11,8 @@ namespace of its own (prefix TAXI_JOB_TEST_NAMESPACE_PREFIX), deleted at the end
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from e2e import (
     IMAGE,
+    KUBECONFIG,
     OWN_NAMESPACE_MARKS,
     SUSPEND_INFER,
     create_job,
@@ -34,6 +37,7 @@ from e2e import (
 )
 
 SHARDS = 3
+TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 ONE_POD_ARTIFACTS = "/var/lib/taxi-job/artifacts-one-pod"
 
 pytestmark = OWN_NAMESPACE_MARKS
@@ -113,6 +117,15 @@ def test_indexed_training_of_three_shards_equals_a_one_pod_training(namespace: s
     # every shard read a share of the one training file (3 row groups over 3 shards)
     assert all(s["rows_read"] > 0 for k, s in summaries.items() if k != reducer)
     assert summaries[reducer]["rows_read"] == 2_500_000
+    # `taxi-job runs` shows the run as its reducer told it, whichever pod ended last.
+    listed = subprocess.run(
+        [TAXI_JOB, "runs", "--kubeconfig", KUBECONFIG, "-n", namespace, "--output-format",
+         "json"], capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    [run] = [r for r in json.loads(listed.splitlines()[-1])["runs"] if r["name"] == "train-sharded"]
+    assert (run["command"], run["state"]) == ("train", "succeeded")
+    assert run["summary"]["model_version"] == summaries[reducer]["model_version"]
+    assert run["summary"]["shard"] == reducer
 
     train = json.loads(kubectl("-n", namespace, "get", "cronjob", "train", "-o", "json"))
     run_job(namespace, one_pod_job(train, "train-one-pod"))

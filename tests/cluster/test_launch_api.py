@@ -68,9 +68,9 @@ def test_launch_creates_the_job_kubectl_would(fake: FakeCluster) -> None:
     # POSTed to the collection of the right namespace, after reading the CronJob.
     [post] = fake.requests("post", JOBS)
     assert post.url.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
-    assert [r.url.path for r in fake.requests("get", CRONJOBS)] == [
-        f"/apis/batch/v1/namespaces/{NS}/cronjobs/train"
-    ]
+    # Listed and found by its component label, not read by name (a namePrefix renames it).
+    [found] = fake.requests("get", CRONJOBS)
+    assert found.url.path == f"/apis/batch/v1/namespaces/{NS}/cronjobs"
 
 
 def test_set_replaces_an_env_of_the_template_rather_than_doubling_it(fake: FakeCluster) -> None:
@@ -152,7 +152,8 @@ def test_a_missing_cronjob_says_to_apply_the_manifests(fake: FakeCluster) -> Non
         launcher.launch(fake.batch, NS, "train")
 
     assert str(caught.value) == (
-        'cronjobs.batch "train" in namespace "taxi-job" not found: '
+        "no CronJob labelled app.kubernetes.io/component=train or named train in namespace "
+        '"taxi-job": '
         "apply the manifests first (kubectl apply -k .)"
     )
     assert caught.value.exit_code == 69

@@ -4,6 +4,7 @@ the base (the same assertions on the rendered objects, strict schemas, checkov).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,36 @@ def test_train_and_backlog_become_indexed_jobs_of_n_shards(variant, manifests) -
     }
     # backlog shards are independent: a bad file in one does not stop the others
     assert "maxFailedIndexes" not in job_spec(get(scaled, "CronJob", "infer-backlog"))
+
+
+def test_one_number_sets_every_shard_count(render, tmp_path) -> None:
+    """A copy of the component with another N in its one place (the training's
+    completions): both Jobs run that many pods, each told that many shards. Numbers out of
+    step would end the training green with nothing published."""
+    component = yaml.safe_load((ROOT / "components/scale-out/kustomization.yaml").read_text())
+    [train] = [p for p in component["patches"] if p["target"]["name"] == "train"]
+    operations = yaml.safe_load(train["patch"])
+    [completions] = [o for o in operations if o["path"] == "/spec/jobTemplate/spec/completions"]
+    completions["value"] = 5
+    train["patch"] = yaml.safe_dump(operations)
+    copy = tmp_path / "my-scale-out"
+    copy.mkdir()
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(component), encoding="utf-8")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [os.path.relpath(ROOT, mine)], "components": ["../my-scale-out"]}
+        ),
+        encoding="utf-8",
+    )
+
+    scaled = [d for d in yaml.safe_load_all(render(mine)) if d]
+
+    for name in SHARDED:
+        spec = job_spec(get(scaled, "CronJob", name))
+        shards = env_of(get(scaled, "CronJob", name))["TAXI_JOB_SHARDS"]["value"]
+        assert (name, spec["completions"], spec["parallelism"], shards) == (name, 5, 5, "5")
 
 
 def test_the_component_only_patches_the_two_jobs(variant, manifests) -> None:

@@ -1,0 +1,93 @@
+"""Two copies of the project in one namespace under kustomize ``namePrefix``es (``blue-``,
+``green-``), on the real cluster: the launcher finds a command's CronJob by its label,
+refuses to guess between the copies, and ``--prefix`` chooses one for ``launch`` and
+``runs``; each copy's launcher ServiceAccount may list CronJobs and get none."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from e2e import (
+    IMAGE,
+    KUBECONFIG,
+    OWN_NAMESPACE_MARKS,
+    SUSPEND_INFER,
+    kubectl,
+    own_namespace,
+    write_overlay,
+)
+
+pytestmark = OWN_NAMESPACE_MARKS
+
+TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
+
+
+def copy_overlay(prefix: str) -> object:
+    def overlay(directory: Path, namespace: str) -> Path:
+        path = write_overlay(directory / prefix, namespace, IMAGE, patches=[SUSPEND_INFER])
+        body = yaml.safe_load((path / "kustomization.yaml").read_text(encoding="utf-8"))
+        body["namePrefix"] = prefix
+        (path / "kustomization.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
+        return path
+
+    return overlay
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[str]:
+    blue, green = copy_overlay("blue-"), copy_overlay("green-")
+    with own_namespace(blue, tmp_path) as name:  # type: ignore[arg-type]
+        # The same namespace, a second copy: its Namespace object is the same one.
+        kubectl("apply", "-k", str(green(tmp_path / "overlay", name)))  # type: ignore[operator]
+        yield name
+
+
+def taxi_job(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TAXI_JOB_KUBECONFIG": KUBECONFIG, "TAXI_JOB_NAMESPACE": namespace}
+    return subprocess.run(
+        [TAXI_JOB, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_two_prefixed_copies_in_one_namespace(namespace: str) -> None:
+    cronjobs = kubectl("-n", namespace, "get", "cronjobs", "-o", "name").split()
+    assert "cronjob.batch/blue-train" in cronjobs and "cronjob.batch/green-train" in cronjobs
+
+    refused = taxi_job(namespace, "launch", "train")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f'taxi-job: error: 2 CronJobs run train in namespace "{namespace}": blue-train, '
+        "green-train; choose one with --prefix (one of 'blue-', 'green-')"
+    )
+
+    launched = taxi_job(
+        namespace, "launch", "train", "--prefix", "blue-", "--output-format", "json"
+    )
+    assert launched.returncode == 0, launched.stderr
+    job = json.loads(launched.stdout.splitlines()[-1])["job"]
+    assert job.startswith("blue-train-manual-")
+    body = json.loads(kubectl("-n", namespace, "get", "job", job, "-o", "json"))
+    assert [o["name"] for o in body["metadata"]["ownerReferences"]] == ["blue-train"]
+
+    for prefix, expected in (("blue-", [(job, "train")]), ("green-", [])):
+        listed = taxi_job(namespace, "runs", "--prefix", prefix, "--output-format", "json")
+        assert listed.returncode == 0, listed.stderr
+        runs = json.loads(listed.stdout.splitlines()[-1])["runs"]
+        assert [(r["name"], r["command"]) for r in runs] == expected
+
+    # Each copy's launcher ServiceAccount: list CronJobs (the lookup by label), no get.
+    account = f"system:serviceaccount:{namespace}:blue-launcher"
+    for verb, answer in (("list", "yes"), ("get", "no")):
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", KUBECONFIG, "-n", namespace, "auth", "can-i", verb,
+             "cronjobs.batch", "--as", account],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.stdout.strip() == answer, (verb, result.stdout, result.stderr)
