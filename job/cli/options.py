@@ -134,8 +134,8 @@ def fit_json(summary: Mapping[str, Any], limit: int = TERMINATION_LOG_BYTES) -> 
     for key in DROPPED_FIRST:
         if len(text.encode()) > limit and isinstance(data.get(key), list):
             data[f"{key}_omitted"] = len(data.pop(key))
-            summary = data
             text = json.dumps(data, default=str)
+    summary = dict(data)  # the lists whole, to cut from; ``data`` gets the cut ones
     keep = max((len(v) for v in data.values() if isinstance(v, list)), default=0)
     while len(text.encode()) > limit and keep > 0:
         keep //= 2
