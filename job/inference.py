@@ -61,8 +61,8 @@ class InferConfig:
     shard_index: int = 0
     """Which share this process predicts, from 0 to ``shards - 1``."""
     settle_s: float = 30.0
-    """A listed input changed (its change time) less than this ago is not ready: left
-    for a later run, as it may still be being copied in."""
+    """A listed input that cannot be read and changed (its change time) less than this
+    ago is not ready: left for a later run, as it may still be being copied in."""
     budget_s: float | None = None
     """Start no new input after this many seconds of the run (oldest inputs first); the
     rest is left for the next run. None: no limit."""
@@ -254,19 +254,15 @@ def infer(config: InferConfig) -> dict[str, Any]:
     # Oldest first (by modification time, as ``oldest_waiting_seconds`` counts), so that
     # a run with a budget drains a backlog in the order it came.
     todo.sort(key=lambda pair: (pair[1].mtime_ns or 0, pair[1].path))
-    now_ns = time.time_ns()
     flushed = time.perf_counter()
     attempted = 0
     try:
         for output, source in todo:
-            if source.ctime_ns is not None and now_ns - source.ctime_ns < config.settle_s * 1e9:
-                logger.debug("%s: changed less than %gs ago", source.uri, config.settle_s)
-                outcome = Outcome("not_ready")
-            elif spent(config.budget_s, started) and attempted:
+            if spent(config.budget_s, started) and attempted:
                 outcome = Outcome("left")  # at least one input a run: a backlog always moves
             else:
                 attempted += 1
-                outcome = _infer_one(source, artifact, output, config.force)
+                outcome = _infer_one(source, artifact, output, config.force, config.settle_s)
                 if outcome.fingerprint is not None:
                     indexes[output.parent].record(source, outcome.fingerprint, output)
             done.append((output, outcome, source))
@@ -281,8 +277,8 @@ def infer(config: InferConfig) -> dict[str, Any]:
     not_ready = sum(o.kind == "not_ready" for _, o, _ in done)
     if not_ready:
         logger.info(
-            "%d input(s) changed less than %gs ago, maybe still being copied in: left for "
-            "a later run",
+            "%d input(s) unreadable and changed less than %gs ago, maybe still being "
+            "copied in: left for a later run",
             not_ready,
             config.settle_s,
         )
@@ -403,10 +399,15 @@ def _infer_summary(
 
 
 def _infer_one(
-    source: reading.Source, artifact: artifacts.Artifact, output: Path, force: bool
+    source: reading.Source,
+    artifact: artifacts.Artifact,
+    output: Path,
+    force: bool,
+    settle_s: float,
 ) -> Outcome:
     """Predict one input into ``output`` unless the current model has done it or another
-    run is at it. A bad input of the queue is set aside; one named by the user is raised."""
+    run is at it. A bad input of the queue is set aside, unless it changed in the last
+    ``settle_s`` (it may still be being copied in); one named by the user is raised."""
     problem: BadInputError | None = None
     parquet: pq.ParquetFile | None = None
     fingerprint: dict[str, Any] = {}
@@ -418,6 +419,8 @@ def _infer_one(
     except BadInputError as exc:
         if not source.listed:
             raise
+        if _changing(source, settle_s):
+            return Outcome("not_ready")
         if not source.is_local:
             return Outcome("rejected", rejected=_reject(source, exc, artifact.version))
         problem = exc
@@ -449,6 +452,8 @@ def _infer_one(
             except BadInputError as exc:
                 if not source.listed:
                     raise
+                if _changing(source, settle_s):
+                    return Outcome("not_ready")
                 problem = exc
             else:
                 logger.info("predicted %s", source.uri, extra={"rows": live.rows})
@@ -463,6 +468,21 @@ def _infer_one(
         return Outcome("rejected", rejected=_reject(source, problem, artifact.version))
     finally:
         volume.release(claim)
+
+
+def _changing(source: reading.Source, settle_s: float) -> bool:
+    """Whether an unreadable input of the queue changed in the last ``settle_s`` seconds,
+    by its change time: a file being copied in (``cp``, ``kubectl cp``) has no parquet
+    footer until its last bytes land, and ``cp -p`` or ``rsync -t`` set its modification
+    time back, never its change time. Such a file is left for a later run, not set aside.
+    A URL's object is published whole by its store: never "changing"."""
+    if not source.is_local:
+        return False
+    try:
+        ctime_ns = os.stat(source.path).st_ctime_ns
+    except OSError:
+        return False
+    return time.time_ns() - ctime_ns < settle_s * 1e9
 
 
 def _reject(source: reading.Source, problem: BadInputError, version: str) -> dict[str, Any]:

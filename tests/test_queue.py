@@ -71,19 +71,28 @@ def test_a_file_still_being_copied_in_waits_for_a_later_run(volume, make_trips, 
     assert pq.read_table(output).num_rows == 500
 
 
-def test_a_copy_that_kept_its_old_modification_time_still_waits(volume, make_trips):
+def test_a_copy_that_set_its_old_modification_time_back_still_waits(volume, make_trips):
     """`cp -p` and `rsync -t` set the modification time back: the change time tells."""
-    path = make_trips("x.parquet", rows=100, seed=2, folder=volume / "data" / "incoming")
+    whole = make_trips("x.parquet", rows=100, seed=2, folder=volume / "staging").read_bytes()
+    path = volume / "data" / "incoming" / "x.parquet"
+    path.parent.mkdir()
+    path.write_bytes(whole[: len(whole) // 2])
     os.utime(path, (time.time() - 86400, time.time() - 86400))
     waiting = summary(infer(volume, str(path.parent), "--settle-seconds", "600"))
-    assert (waiting["inputs_not_ready"], waiting["inputs_predicted"]) == (1, 0)
+    assert (waiting["inputs_not_ready"], waiting["inputs_rejected"]) == (1, 0)
     assert 86390 < waiting["oldest_waiting_seconds"] < 86500
+    assert path.exists()
 
 
-def test_a_file_named_on_the_command_line_is_not_held_back(volume, make_trips):
-    path = make_trips("x.parquet", rows=100, seed=2, folder=volume / "data" / "incoming")
-    named = summary(infer(volume, str(path), "--settle-seconds", "3600"))
-    assert (named["inputs_predicted"], named["inputs_not_ready"]) == (1, 0)
+def test_a_new_whole_file_is_not_held_back_and_a_settled_bad_one_is_set_aside(volume, make_trips):
+    incoming = volume / "data" / "incoming"
+    make_trips("x.parquet", rows=100, seed=2, folder=incoming)
+    (incoming / "bad.parquet").write_text("not parquet")
+    fresh = summary(infer(volume, str(incoming), "--settle-seconds", "3600"))
+    assert (fresh["inputs_predicted"], fresh["inputs_not_ready"]) == (1, 1)
+    settled = infer(volume, str(incoming), "--settle-seconds", "0")
+    assert settled.exit_code == EXIT_BAD_INPUT
+    assert (volume / "data" / "rejected" / "bad.parquet").exists()
 
 
 # The same name in two queues ------------------------------------------------------------

@@ -153,8 +153,9 @@ def train(**options: Any) -> dict[str, Any]:
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="An input of a folder or glob changed less than this ago (its change time) may "
-    "still be being copied in: it is left for a later run.",
+    help="An input of a folder or glob that cannot be read and changed less than this "
+    "ago (its change time) may still be being copied in: it is left for a later run, "
+    "not set aside.",
 )
 @option(
     "--budget-seconds",
