@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from job import artifacts, quality, reading, shards, volume
+from job import artifacts, predicted, quality, reading, shards, volume
 from job.errors import BadInputError, InputsRejectedError, NoModelYetError, TaxiJobError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ WRITE_OPTIONS: dict[str, Any] = {
     "column_encoding": {"row": "DELTA_BINARY_PACKED", reading.PICKUP: "DELTA_BINARY_PACKED"},
 }
 META_VERSION = b"taxi_job.model_version"
-META_INPUT = b"taxi_job.input"
+META_INPUT = predicted.META_INPUT
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class InferConfig:
     """How many processes share the inputs; each input goes to one (:func:`shards.owner`)."""
     shard_index: int = 0
     """Which share this process predicts, from 0 to ``shards - 1``."""
+    settle_s: float = 30.0
+    """A listed input that cannot be read and changed (its change time) less than this
+    ago is not ready: left for a later run, as it may still be being copied in."""
+    budget_s: float | None = None
+    """Start no new input after this many seconds of the run (oldest inputs first); the
+    rest is left for the next run. None: no limit."""
 
 
 def _predicted_already(output: Path, version: str, fingerprint: dict[str, Any]) -> bool:
@@ -185,6 +191,8 @@ class BackgroundWriter:
 #: waits; a claim broken under a live run (a clock far off) costs work twice, never a mixed
 #: or a wrong file (the run that lost it checks before it renames, and publishes nothing).
 CLAIM_LEASE_S = 900
+#: How often a long run writes its index of predicted inputs back, seconds.
+INDEX_FLUSH_S = 30
 #: Where a bad input of the incoming queue goes: beside the queue's folder.
 REJECTED = "rejected"
 
@@ -195,7 +203,8 @@ class Outcome:
 
     kind: str
     """``predicted``, ``skipped`` (done by the current model), ``busy`` (another run is at
-    it) or ``rejected`` (bad, set aside)."""
+    it), ``not_ready`` (changed too recently), ``left`` (the run's budget was spent) or
+    ``rejected`` (bad, set aside)."""
     rows: int = 0
     rejected: dict[str, Any] | None = None
     live: quality.Live | None = None
@@ -204,11 +213,14 @@ class Outcome:
     """A predicted input, as the user named it."""
     input_mtime: str | None = None
     """A predicted input's modification time, ISO UTC."""
+    fingerprint: dict[str, Any] | None = None
+    """The input's fingerprint when the current model's predictions of it are in place."""
 
 
 def infer(config: InferConfig) -> dict[str, Any]:
-    """Predict every input the current model has not predicted yet; publish each input's
-    predictions whole or not at all, and set aside the bad inputs of the incoming queue."""
+    """Predict the inputs the current model has not predicted yet, oldest first, within
+    the run's budget; publish each input's predictions whole or not at all, and set aside
+    the bad inputs of the incoming queue."""
     shards.check(config.shards, config.shard_index, None, needs_run_id=False)
     started = time.perf_counter()
     try:
@@ -219,24 +231,73 @@ def infer(config: InferConfig) -> dict[str, Any]:
         return _infer_summary(None, [], started, {})
     out_dir = config.predictions or config.artifacts / PREDICTIONS
     sources = reading.resolve(config.input, allow_empty=True)
-    names = [s.name for s in sources]
-    clash = {n for n in names if names.count(n) > 1}
-    if clash:
-        raise BadInputError(
-            f"{config.input}: several inputs named {sorted(clash)[0]}; "
-            "predictions are named after their input"
-        )
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
+    outputs = [predicted.output_path(out_dir, s) for s in sources]
+    if len(set(outputs)) < len(outputs):
+        clash = next(o for o in outputs if outputs.count(o) > 1)
+        raise BadInputError(f"{config.input}: several inputs would be predicted into {clash}")
+    indexes: dict[Path, predicted.Index] = {}
     with volume.writing("predictions", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         volume.sweep(config.artifacts, out_dir)
-    outcomes = [
-        (out_dir / source.name, _infer_one(source, artifact, out_dir, config.force))
-        for source in sources
-    ]
+        for folder in sorted({o.parent for o in outputs}):
+            if folder.is_dir():  # made by the first input predicted into it
+                volume.sweep(config.artifacts, folder)
+            indexes[folder] = predicted.Index(folder, artifact.version)
+    done: list[tuple[Path, Outcome, reading.Source]] = []
+    todo: list[tuple[Path, reading.Source]] = []
+    for source, output in zip(sources, outputs, strict=True):
+        if not config.force and indexes[output.parent].done(source):
+            done.append((output, Outcome("skipped"), source))
+        else:
+            todo.append((output, source))
+    # Oldest first (by modification time, as ``oldest_waiting_seconds`` counts), so that
+    # a run with a budget drains a backlog in the order it came.
+    todo.sort(key=lambda pair: (pair[1].mtime_ns or 0, pair[1].path))
+    flushed = time.perf_counter()
+    attempted = 0
+    try:
+        for output, source in todo:
+            if spent(config.budget_s, started) and attempted:
+                outcome = Outcome("left")  # at least one input a run: a backlog always moves
+            else:
+                attempted += 1
+                outcome = _infer_one(source, artifact, output, config.force, config.settle_s)
+                if outcome.fingerprint is not None:
+                    indexes[output.parent].record(source, outcome.fingerprint, output)
+            done.append((output, outcome, source))
+            if time.perf_counter() - flushed > INDEX_FLUSH_S:
+                # A run killed at its deadline keeps most of what it recorded.
+                for index in indexes.values():
+                    index.flush()
+                flushed = time.perf_counter()
+    finally:
+        for index in indexes.values():
+            index.flush()
+    not_ready = sum(o.kind == "not_ready" for _, o, _ in done)
+    if not_ready:
+        logger.info(
+            "%d input(s) unreadable and changed less than %gs ago, maybe still being "
+            "copied in: left for a later run",
+            not_ready,
+            config.settle_s,
+        )
+    left = sum(o.kind == "left" for _, o, _ in done)
+    if left:
+        logger.warning(
+            "the run's budget of %gs is spent: %d input(s) left for the next run, oldest first",
+            config.budget_s,
+            left,
+        )
     if not sources:
         logger.warning("%s: no input file; nothing to predict", config.input)
-    summary = _infer_summary(artifact.version, outcomes, started, artifact.metadata)
+    summary = _infer_summary(
+        artifact.version,
+        [(output, outcome) for output, outcome, _ in done],
+        started,
+        artifact.metadata,
+        _waiting(done, time.time_ns()),
+    )
     rejected = summary["rejected"]
     if rejected:
         first = rejected[0]
@@ -244,6 +305,39 @@ def infer(config: InferConfig) -> dict[str, Any]:
         more = f" (and {len(rejected) - 1} more rejected)" if len(rejected) > 1 else ""
         raise InputsRejectedError(f"{first['error']}; {where}{more}", summary)
     return summary
+
+
+def spent(budget_s: float | None, started: float) -> bool:
+    return budget_s is not None and time.perf_counter() - started > budget_s
+
+
+#: Outcomes that leave an input in its queue, not predicted by the current model.
+WAITING = {"busy", "not_ready", "left"}
+
+
+def _waiting(done: list[tuple[Path, Outcome, reading.Source]], now_ns: int) -> dict[str, Any]:
+    """``inputs_waiting`` and ``oldest_waiting_seconds``: the inputs still in the queue
+    without the current model's predictions (a rejected input left in place included),
+    and the age of the oldest of them by modification time."""
+    waiting = [
+        s
+        for _, o, s in done
+        if o.kind in WAITING or (o.rejected is not None and o.rejected["moved_to"] is None)
+    ]
+    times = [t for t in (_mtime_ns(s) for s in waiting) if t is not None]
+    return {
+        "inputs_waiting": len(waiting),
+        "oldest_waiting_seconds": round((now_ns - min(times)) / 1e9, 3) if times else None,
+    }
+
+
+def _mtime_ns(source: reading.Source) -> int | None:
+    if source.mtime_ns is not None or not source.is_local:
+        return source.mtime_ns
+    try:
+        return os.stat(source.path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _iso_utc(ns: Any) -> str | None:
@@ -259,6 +353,7 @@ def _infer_summary(
     outcomes: list[tuple[Path, Outcome]],
     started: float,
     metadata: dict[str, Any],
+    waiting: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     def count(kind: str) -> int:
         return sum(o.kind == kind for _, o in outcomes)
@@ -289,6 +384,8 @@ def _infer_summary(
         "inputs_skipped": count("skipped"),
         "inputs_busy": count("busy"),
         "inputs_rejected": count("rejected"),
+        "inputs_not_ready": count("not_ready"),
+        **(waiting or {"inputs_waiting": 0, "oldest_waiting_seconds": None}),
         "rows_predicted": sum(o.rows for _, o in outcomes),
         "outputs": [str(output) for output, o in outcomes if o.kind == "predicted"],
         "rejected": [o.rejected for _, o in outcomes if o.rejected is not None],
@@ -302,11 +399,15 @@ def _infer_summary(
 
 
 def _infer_one(
-    source: reading.Source, artifact: artifacts.Artifact, out_dir: Path, force: bool
+    source: reading.Source,
+    artifact: artifacts.Artifact,
+    output: Path,
+    force: bool,
+    settle_s: float,
 ) -> Outcome:
-    """Predict one input unless the current model has done it or another run is at it.
-    A bad input of the queue is set aside; one named by the user is raised."""
-    output = out_dir / source.name
+    """Predict one input into ``output`` unless the current model has done it or another
+    run is at it. A bad input of the queue is set aside, unless it changed in the last
+    ``settle_s`` (it may still be being copied in); one named by the user is raised."""
     problem: BadInputError | None = None
     parquet: pq.ParquetFile | None = None
     fingerprint: dict[str, Any] = {}
@@ -314,15 +415,18 @@ def _infer_one(
         parquet = reading.open_parquet(source)
         fingerprint = reading.fingerprint(source, parquet)
         if not force and _predicted_already(output, artifact.version, fingerprint):
-            return Outcome("skipped")
+            return Outcome("skipped", fingerprint=fingerprint)
     except BadInputError as exc:
         if not source.listed:
             raise
+        if _changing(source, settle_s):
+            return Outcome("not_ready")
         if not source.is_local:
             return Outcome("rejected", rejected=_reject(source, exc, artifact.version))
         problem = exc
     # Only now, with work to do, a claim: one run at a time predicts or rejects an input.
-    with volume.writing("predictions", out_dir):
+    with volume.writing("predictions", output.parent):
+        output.parent.mkdir(exist_ok=True)
         claim = volume.try_claim(
             output, CLAIM_LEASE_S, purpose="infer", model_version=artifact.version
         )
@@ -332,15 +436,18 @@ def _infer_one(
     try:
         if problem is None:
             assert parquet is not None
-            # Another run may have published it between our first look and our claim.
-            if not force and _predicted_already(output, artifact.version, fingerprint):
-                return Outcome("skipped")
+            if not force:
+                predicted.migrate(output.parent.parent, source, output)
+                # Another run may have published it between our first look and our claim.
+                if _predicted_already(output, artifact.version, fingerprint):
+                    return Outcome("skipped", fingerprint=fingerprint)
+            predicted.check_not_taken(output, source)
             try:
                 # Renewed while we predict, checked right before the rename: a run slower
                 # than the lease keeps its input, and one taken over publishes nothing.
                 with (
                     volume.renewing(claim),
-                    volume.writing("predictions", out_dir),
+                    volume.writing("predictions", output.parent),
                     volume.replacing(output, claim) as tmp,
                 ):
                     work = functools.partial(
@@ -353,12 +460,19 @@ def _infer_one(
             except BadInputError as exc:
                 if not source.listed:
                     raise
+                if _changing(source, settle_s):
+                    return Outcome("not_ready")
                 problem = exc
             else:
                 logger.info("predicted %s", source.uri, extra={"rows": live.rows})
                 mtime = _iso_utc(fingerprint.get("mtime_ns"))
                 return Outcome(
-                    "predicted", live.rows, live=live, input=source.uri, input_mtime=mtime
+                    "predicted",
+                    live.rows,
+                    live=live,
+                    input=source.uri,
+                    input_mtime=mtime,
+                    fingerprint=fingerprint,
                 )
         if not os.path.lexists(source.path):
             # Another run set it aside (or a person removed it) after our first look.
@@ -367,6 +481,21 @@ def _infer_one(
         return Outcome("rejected", rejected=_reject(source, problem, artifact.version))
     finally:
         volume.release(claim)
+
+
+def _changing(source: reading.Source, settle_s: float) -> bool:
+    """Whether an unreadable input of the queue changed in the last ``settle_s`` seconds,
+    by its change time: a file being copied in (``cp``, ``kubectl cp``) has no parquet
+    footer until its last bytes land, and ``cp -p`` or ``rsync -t`` set its modification
+    time back, never its change time. Such a file is left for a later run, not set aside.
+    A URL's object is published whole by its store: never "changing"."""
+    if not source.is_local:
+        return False
+    try:
+        ctime_ns = os.stat(source.path).st_ctime_ns
+    except OSError:
+        return False
+    return time.time_ns() - ctime_ns < settle_s * 1e9
 
 
 def _reject(source: reading.Source, problem: BadInputError, version: str) -> dict[str, Any]:
@@ -380,6 +509,11 @@ def _reject(source: reading.Source, problem: BadInputError, version: str) -> dic
         return record
     path = Path(source.path)
     folder = path.parent.parent / REJECTED
+    if path.parent.name == REJECTED:
+        # A queue over rejected/ itself: the file is set aside already. Renaming it
+        # beside itself would only grow its name on every run.
+        logger.warning("%s; left in place (in %s/ already)", problem, REJECTED)
+        return record
     try:
         with volume.writing("a rejected input", folder):
             folder.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, TypeVar
 
 import numpy as np
@@ -56,6 +57,13 @@ class Source:
     filesystem: pafs.FileSystem
     listed: bool = False
     """Found by listing a folder or a glob (the incoming queue), not named by the user."""
+    size: int | None = None
+    """The file's size, modification time and (a local file) change time and inode, as
+    the listing saw them: enough to order a queue and to tell a file from its rewrite
+    without opening it. ``None`` for a file named by the user (not listed)."""
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    inode: int | None = None
 
     @property
     def name(self) -> str:
@@ -116,35 +124,77 @@ def resolve(uri: str, *, allow_empty: bool = False) -> list[Source]:
         parent, pattern = posixpath.split(path)
         if any(ch in parent for ch in "*?["):
             raise BadInputError(f"{uri}: only the last part of a path may be a glob")
-        selector = pafs.FileSelector(parent, allow_not_found=True)
-        infos = _retrying(lambda: fs.get_file_info(selector), uri)
-        files = [i for i in infos if i.is_file and fnmatch.fnmatch(i.base_name, pattern)]
-        files = [i for i in files if not i.base_name.startswith(".")]
+        files = _listing(uri, fs, parent, lambda name: fnmatch.fnmatch(name, pattern), True)
         if not files and not allow_empty:
             raise BadInputError(f"{uri}: no file matches this pattern")
-        return [
-            Source(_display(uri, i.path), i.path, fs, listed=True)
-            for i in sorted(files, key=lambda i: i.path)
-        ]
+        return files
     info = _retrying(lambda: _file_info(fs, path, uri), uri)
     if info.type == pafs.FileType.NotFound:
         raise BadInputError(f"{uri}: no such file or directory")
     if info.type == pafs.FileType.Directory:
-        infos = _retrying(lambda: fs.get_file_info(pafs.FileSelector(path)), uri)
-        files = sorted(
-            (
-                i
-                for i in infos
-                if i.is_file
-                and i.base_name.endswith(".parquet")
-                and not i.base_name.startswith(".")
-            ),
-            key=lambda i: i.path,
-        )
+        files = _listing(uri, fs, path, lambda name: name.endswith(".parquet"), False)
         if not files and not allow_empty:
             raise BadInputError(f"{uri}: the directory holds no .parquet file")
-        return [Source(_display(uri, i.path), i.path, fs, listed=True) for i in files]
+        return files
     return [Source(uri, path, fs)]
+
+
+def _listing(
+    uri: str, fs: pafs.FileSystem, folder: str, wanted: Callable[[str], bool], missing_ok: bool
+) -> list[Source]:
+    """The files of ``folder`` whose name is ``wanted`` (never a hidden one), sorted by
+    path, with what the listing knows of each: a local folder through ``os.scandir`` (one
+    ``stat`` a file, which also gives the change time and inode pyarrow leaves out), any
+    other through the filesystem's own listing."""
+    if isinstance(fs, pafs.LocalFileSystem):
+
+        def scan() -> list[Source]:
+            found = []
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(".") or not wanted(entry.name):
+                            continue
+                        try:
+                            stat = entry.stat()
+                        except FileNotFoundError:  # removed (or set aside) meanwhile
+                            continue
+                        if not S_ISREG(stat.st_mode):
+                            continue
+                        found.append(
+                            Source(
+                                entry.path,
+                                entry.path,
+                                fs,
+                                listed=True,
+                                size=stat.st_size,
+                                mtime_ns=stat.st_mtime_ns,
+                                ctime_ns=stat.st_ctime_ns,
+                                inode=stat.st_ino,
+                            )
+                        )
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+            return found
+
+        files = _retrying(scan, uri)
+    else:
+        selector = pafs.FileSelector(folder, allow_not_found=missing_ok)
+        infos = _retrying(lambda: fs.get_file_info(selector), uri)
+        files = [
+            Source(
+                _display(uri, i.path),
+                i.path,
+                fs,
+                listed=True,
+                size=i.size,
+                mtime_ns=i.mtime_ns if i.mtime is not None else None,
+            )
+            for i in infos
+            if i.is_file and not i.base_name.startswith(".") and wanted(i.base_name)
+        ]
+    return sorted(files, key=lambda s: s.path)
 
 
 def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:

@@ -42,3 +42,11 @@ def make_trips(tmp_path: Path) -> MakeTrips:
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def settled_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write their queue's files a moment before `infer` lists them: take them as
+    copied in (the waiting rule for files still being copied has tests of its own, which
+    set TAXI_JOB_SETTLE_SECONDS themselves)."""
+    monkeypatch.setenv("TAXI_JOB_SETTLE_SECONDS", "0")

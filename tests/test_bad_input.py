@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from trips import trips_table
 
+from job import predicted
 from job.cli import cli
 from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL
 from job.runs import describe_summary
@@ -139,7 +140,7 @@ def test_a_bad_input_named_on_the_command_line_is_refused_and_left_alone(
     assert (bad.read_bytes() if bad.exists() else None) == before  # never moved
     assert not (tmp_path / "rejected").exists()
     predictions = artifacts / "predictions"
-    assert not predictions.exists() or list(predictions.iterdir()) == []
+    assert not predictions.exists() or [p for p in predictions.rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("defect", DEFECTS[1:], ids=lambda d: d.__name__)
@@ -161,8 +162,11 @@ def test_a_bad_input_of_the_queue_is_quarantined_and_the_good_ones_published(
     assert_one_clear_line(result, bad, problem)
     assert f"moved to {moved}" in result.stderr.strip().splitlines()[-1]
     # The good inputs are published, whole; the bad one is set aside, never deleted.
-    predictions = artifacts / "predictions"
-    assert sorted(p.name for p in predictions.iterdir()) == ["a_first.parquet", "z_last.parquet"]
+    predictions = artifacts / "predictions" / "incoming"
+    assert sorted(p.name for p in predictions.iterdir() if p.name != predicted.INDEX) == [
+        "a_first.parquet",
+        "z_last.parquet",
+    ]
     assert pq.read_table(predictions / "z_last.parquet").num_rows == 100
     assert not bad.exists() and moved.read_bytes() == content
     note = json.loads(moved.with_name(bad.name + ".json").read_text())
@@ -213,7 +217,7 @@ def test_a_bad_input_that_cannot_be_moved_is_left_in_place(tmp_path: Path):
     result = run([*args, "--output-format", "json"])
     assert_one_clear_line(result, bad, problem)
     assert result.stderr.strip().splitlines()[-1].endswith("left in place")
-    assert bad.exists() and (artifacts / "predictions" / "z_last.parquet").is_file()
+    assert bad.exists() and (artifacts / "predictions" / "incoming" / "z_last.parquet").is_file()
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rejected"][0]["moved_to"] is None
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from job import artifacts, inference, pipeline, volume
+from job import artifacts, inference, pipeline, predicted, volume
 from job.errors import InputsRejectedError
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
@@ -95,8 +95,10 @@ def two_models(tmp_path, make_trips):
         root = tmp_path / f"artifacts-{seed}"
         version = train(root, make_trips(f"train-{seed}.parquet", rows=3000, seed=seed))
         alone = tmp_path / f"alone-{seed}"
-        inference.infer(inference.InferConfig(str(data), root, alone))
-        expected[version] = pq.read_table(alone / data.name)["predicted_duration"].to_numpy()
+        inference.infer(inference.InferConfig(str(data), root, alone, settle_s=0))
+        expected[version] = pq.read_table(alone / data.parent.name / data.name)[
+            "predicted_duration"
+        ].to_numpy()
         roots.append(root)
     assert len(expected) == 2
     assert not np.array_equal(*expected.values())
@@ -115,7 +117,11 @@ def assert_one_models_predictions(output: Path, expected: dict[str, np.ndarray])
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Hidden files left in ``folder``: temporaries and claims (not the index of
+    predicted inputs, which stays by design)."""
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != predicted.INDEX
+    )
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
@@ -134,7 +140,8 @@ def test_a_second_infer_while_the_first_is_writing_the_same_output(tmp_path, two
     output mixing both models.)"""
     data, (root_a, root_b), expected = two_models
     predictions = tmp_path / "predictions"
-    predictions.mkdir()
+    queue = predictions / data.parent.name
+    queue.mkdir(parents=True)
     first = as_pid_1(*infer_args(data, root_a, predictions))
     frozen = False
     try:
@@ -143,7 +150,7 @@ def test_a_second_infer_while_the_first_is_writing_the_same_output(tmp_path, two
                 first.poll() is not None
                 or any(
                     p.name.startswith(volume.TMP_PREFIX + data.name)  # predictions, not a claim
-                    for p in predictions.iterdir()
+                    for p in queue.iterdir()
                 )
             ),
             "the first run to start writing",
@@ -160,9 +167,9 @@ def test_a_second_infer_while_the_first_is_writing_the_same_output(tmp_path, two
     assert second[0] == 0, second[2]
     assert (first_result[1]["inputs_predicted"], second[1]["inputs_busy"]) == (1, 1)
     assert second[1]["inputs_predicted"] == 0
-    output = predictions / data.name
+    output = queue / data.name
     assert assert_one_models_predictions(output, expected) == first_result[1]["model_version"]
-    assert leftovers(predictions) == []
+    assert leftovers(queue) == []
 
 
 @pytest.mark.slow
@@ -179,8 +186,8 @@ def test_two_infers_racing_with_different_models(tmp_path, two_models):
             assert code == 0, err
         # Each run predicted the input, or left it to the other (busy), or found it done.
         assert sum(summary["inputs_predicted"] for _, summary, _ in results) >= 1
-        assert_one_models_predictions(predictions / data.name, expected)
-        assert leftovers(predictions) == []
+        assert_one_models_predictions(predictions / data.parent.name / data.name, expected)
+        assert leftovers(predictions / data.parent.name) == []
 
 
 @pytest.mark.slow
@@ -230,8 +237,10 @@ def test_an_infer_racing_a_training_sees_the_old_model_or_the_new(tmp_path, make
     def predicted_alone(version: str) -> np.ndarray:
         if version not in expected:
             alone = tmp_path / f"alone-{version}"
-            inference.infer(inference.InferConfig(str(data), root, alone))
-            expected[version] = pq.read_table(alone / data.name)["predicted_duration"].to_numpy()
+            inference.infer(inference.InferConfig(str(data), root, alone, settle_s=0))
+            expected[version] = pq.read_table(alone / data.parent.name / data.name)[
+                "predicted_duration"
+            ].to_numpy()
         return expected[version]
 
     train(root, months[0])
@@ -250,9 +259,11 @@ def test_an_infer_racing_a_training_sees_the_old_model_or_the_new(tmp_path, make
         new = t_summary["model_version"]
         assert i_summary["model_version"] in (old, new)
         predicted_alone(new)
-        version = assert_one_models_predictions(predictions / data.name, expected)
+        version = assert_one_models_predictions(
+            predictions / data.parent.name / data.name, expected
+        )
         assert version == i_summary["model_version"]
-        assert leftovers(predictions) == []
+        assert leftovers(predictions / data.parent.name) == []
 
 
 @pytest.fixture
@@ -267,27 +278,31 @@ def one_model(tmp_path, make_trips):
 
 def test_an_input_another_run_is_predicting_is_left_to_it(one_model):
     root, incoming = one_model
-    predictions = root / "predictions"
-    predictions.mkdir()
+    predictions = root / "predictions" / incoming.name
+    predictions.mkdir(parents=True)
     held = volume.try_claim(predictions / "a.parquet", inference.CLAIM_LEASE_S)
-    summary = inference.infer(inference.InferConfig(str(incoming), root))
+    summary = inference.infer(inference.InferConfig(str(incoming), root, settle_s=0))
     assert (summary["inputs_predicted"], summary["inputs_busy"]) == (1, 1)
-    assert sorted(p.name for p in predictions.iterdir()) == [".claim-a.parquet", "b.parquet"]
+    assert sorted(p.name for p in predictions.iterdir()) == [
+        ".claim-a.parquet",
+        predicted.INDEX,
+        "b.parquet",
+    ]
     assert held is not None
     volume.release(held)
-    again = inference.infer(inference.InferConfig(str(incoming), root))
+    again = inference.infer(inference.InferConfig(str(incoming), root, settle_s=0))
     assert (again["inputs_predicted"], again["inputs_skipped"]) == (1, 1)
     assert leftovers(predictions) == []
 
 
 def test_a_claim_left_by_a_killed_run_is_broken_after_its_lease(one_model):
     root, incoming = one_model
-    predictions = root / "predictions"
-    predictions.mkdir()
+    predictions = root / "predictions" / incoming.name
+    predictions.mkdir(parents=True)
     volume.try_claim(predictions / "a.parquet", inference.CLAIM_LEASE_S)  # never released
     old = time.time() - inference.CLAIM_LEASE_S - 60
     os.utime(volume.claim_path(predictions / "a.parquet"), (old, old))
-    summary = inference.infer(inference.InferConfig(str(incoming), root))
+    summary = inference.infer(inference.InferConfig(str(incoming), root, settle_s=0))
     assert (summary["inputs_predicted"], summary["inputs_busy"]) == (2, 0)
     assert leftovers(predictions) == []
 
@@ -295,7 +310,7 @@ def test_a_claim_left_by_a_killed_run_is_broken_after_its_lease(one_model):
 def test_a_publish_that_fails_leaves_no_temporary_and_no_claim(one_model):
     """The rename into place is inside the clean-up: when it fails, the temporary goes."""
     root, incoming = one_model
-    predictions = root / "predictions"
+    predictions = root / "predictions" / incoming.name
     (predictions / "b.parquet").mkdir(parents=True)  # in the way of b's predictions
     result = subprocess.run(
         [TAXI_JOB, "infer", "--input", str(incoming), "--artifacts", str(root)],
@@ -306,7 +321,11 @@ def test_a_publish_that_fails_leaves_no_temporary_and_no_claim(one_model):
     assert result.returncode == 75
     last = result.stderr.strip().splitlines()[-1]
     assert f"{predictions / 'b.parquet'}: cannot write predictions: Is a directory" in last
-    assert sorted(p.name for p in predictions.iterdir()) == ["a.parquet", "b.parquet"]
+    assert sorted(p.name for p in predictions.iterdir()) == [
+        predicted.INDEX,
+        "a.parquet",
+        "b.parquet",
+    ]
     assert pq.read_table(predictions / "a.parquet").num_rows == 500  # done before: kept
 
 
@@ -324,11 +343,11 @@ def test_a_bad_input_another_run_set_aside_after_our_first_look_is_not_reported_
         if target.name == "bad.parquet" and not others:
             others.append("running")
             with pytest.raises(InputsRejectedError):
-                inference.infer(inference.InferConfig(str(incoming), root))
+                inference.infer(inference.InferConfig(str(incoming), root, settle_s=0))
         return claim(target, *args, **kwargs)
 
     monkeypatch.setattr(volume, "try_claim", the_other_run_first)
-    summary = inference.infer(inference.InferConfig(str(incoming), root))
+    summary = inference.infer(inference.InferConfig(str(incoming), root, settle_s=0))
     assert (summary["inputs_rejected"], summary["inputs_busy"]) == (0, 1)
     assert sorted(p.name for p in (incoming.parent / "rejected").iterdir()) == [
         "bad.parquet", "bad.parquet.json"

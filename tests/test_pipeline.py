@@ -100,7 +100,7 @@ def test_train_then_infer_matches_the_seed_pipeline(months, tmp_path):
     assert report["inputs_predicted"] == 1 and report["inputs_skipped"] == 0
     assert report["rows_predicted"] == 4000
     (output,) = report["outputs"]
-    assert Path(output) == out / "predictions" / mar.name
+    assert Path(output) == out / "predictions" / mar.parent.name / mar.name
     predicted = pq.read_table(output)
     source = pq.read_table(mar)
     assert predicted.column_names == [
@@ -131,7 +131,7 @@ def test_infer_skips_what_the_current_model_predicted(months, tmp_path):
         ).stdout
     )
     assert first["inputs_predicted"] == 3
-    written = {p: p.stat().st_mtime_ns for p in (out / "predictions").iterdir()}
+    written = {p: p.stat().st_mtime_ns for p in (out / "predictions" / incoming.name).iterdir()}
     again = last_json(
         invoke(
             "infer", "--input", str(incoming), "--artifacts", str(out), "--output-format", "json"
@@ -142,7 +142,9 @@ def test_infer_skips_what_the_current_model_predicted(months, tmp_path):
         3,
         0,
     )
-    assert {p: p.stat().st_mtime_ns for p in (out / "predictions").iterdir()} == written
+    assert {
+        p: p.stat().st_mtime_ns for p in (out / "predictions" / incoming.name).iterdir()
+    } == written
     forced = last_json(
         invoke(
             "infer",
@@ -206,7 +208,7 @@ def test_infer_predicts_again_a_file_rewritten_in_place_with_its_old_mtime(tmp_p
         ).stdout
     )
     assert report["inputs_predicted"] == 1
-    predicted = pq.read_table(out / "predictions" / path.name)
+    predicted = pq.read_table(out / "predictions" / path.parent.name / path.name)
     assert predicted["PULocationID"].to_pylist() == table["PULocationID"].to_pylist()[::-1]
 
 
@@ -269,7 +271,7 @@ def test_options_come_from_the_environment(months, tmp_path):
             env={**env, "TAXI_JOB_INPUT": str(mar), "TAXI_JOB_PREDICTIONS": str(tmp_path / "p")},
         ).stdout
     )
-    assert report["outputs"] == [str(tmp_path / "p" / mar.name)]
+    assert report["outputs"] == [str(tmp_path / "p" / mar.parent.name / mar.name)]
 
 
 def test_null_zones_are_category_minus_one(tmp_path, make_trips):

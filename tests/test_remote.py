@@ -135,7 +135,7 @@ def test_train_and_infer_from_urls(served, make_trips, tmp_path):
     )
     assert inferred.exit_code == 0, inferred.output
     assert json.loads(inferred.stdout.splitlines()[-1])["rows_predicted"] == 2000
-    assert (out / "predictions" / "feb.parquet").is_file()
+    assert [p.name for p in (out / "predictions").glob("*/feb.parquet")] == ["feb.parquet"]
 
 
 def test_a_bad_file_listed_by_url_is_reported_and_left_in_place(served, make_trips, tmp_path):

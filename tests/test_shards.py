@@ -375,7 +375,7 @@ def test_sharded_inference_predicts_each_input_exactly_once(year, tmp_path, make
         assert all(shards.owner(name, 3) == index for name in mine)
         predicted += mine
     assert sorted(predicted) == names
-    assert sorted(p.name for p in (out / "predictions").iterdir()) == names
+    assert sorted(p.name for p in (out / "predictions" / incoming.name).glob("*.parquet")) == names
 
 
 def test_owner_is_stable_and_spreads_names():

@@ -213,15 +213,15 @@ def test_stale_temporary_predictions_are_removed_fresh_ones_kept(tmp_path, make_
     data = make_trips("t.parquet", rows=300, seed=1)
     out = tmp_path / "a"
     pipeline.train(pipeline.TrainConfig(str(data), str(data), out))
-    predictions = out / "predictions"
-    predictions.mkdir()
+    predictions = out / "predictions" / data.parent.name
+    predictions.mkdir(parents=True)
     stale = predictions / ".tmp-t.parquet.123"
     fresh = predictions / ".tmp-t.parquet.456"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"being written")
     old = time.time() - volume.TEMPORARY_AFTER_S - 60
     os.utime(stale, (old, old))
-    inference.infer(inference.InferConfig(str(data), out))
+    inference.infer(inference.InferConfig(str(data), out, settle_s=0))
     assert not stale.exists()
     assert fresh.exists()  # another run may still be writing it
     assert (predictions / "t.parquet").is_file()

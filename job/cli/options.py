@@ -148,7 +148,7 @@ def fit_json(summary: Mapping[str, Any], limit: int = TERMINATION_LOG_BYTES) -> 
         if len(text.encode()) > limit and isinstance(data.get(key), list):
             data[f"{key}_omitted"] = len(data.pop(key))
             text = json.dumps(data, default=str)
-    summary = dict(data)  # what is left to cut from
+    summary = dict(data)  # the lists whole, to cut from; ``data`` gets the cut ones
     keep = max((len(v) for v in data.values() if isinstance(v, list)), default=0)
     while len(text.encode()) > limit and keep > 0:
         keep //= 2

@@ -173,6 +173,24 @@ def train(**options: Any) -> dict[str, Any]:
     default=False,
     help="Predict again inputs that the current model has predicted already.",
 )
+@option(
+    "--settle-seconds",
+    "settle_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="An input of a folder or glob that cannot be read and changed less than this "
+    "ago (its change time) may still be being copied in: it is left for a later run, "
+    "not set aside.",
+)
+@option(
+    "--budget-seconds",
+    "budget_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Start no new input after this many seconds; the rest, newest last, is left "
+    "for the next run.  [default: no limit]",
+)
 @shards_option
 @shard_index_option
 @pushgateway_option

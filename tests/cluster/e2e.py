@@ -212,7 +212,7 @@ class Deployment:
 
     def predictions(self, name: str) -> Obj:
         """The predictions file of input ``name``: rows, model versions, owner, mode."""
-        path = f"{ARTIFACTS}/predictions/{name}"
+        path = f"{ARTIFACTS}/predictions/incoming/{name}"
         return self.python(
             "import json, os, pyarrow.parquet as pq\n"
             f"p = {path!r}\n"

@@ -308,7 +308,7 @@ def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployme
         # the bad file set aside with the reason beside it, the good one predicted
         assert run["summary"]["inputs_rejected"] == 1
         # (the queue's older files too: a newer model has been trained since)
-        assert f"{ARTIFACTS}/predictions/{good}" in run["summary"]["outputs"]
+        assert f"{ARTIFACTS}/predictions/incoming/{good}" in run["summary"]["outputs"]
         rejected = f"{VOLUME}/data/rejected/corrupt.parquet"
         assert run["summary"]["rejected"][0]["moved_to"] == rejected
         note = json.loads(quiet.shell(f"cat {rejected}.json"))

@@ -241,7 +241,7 @@ def pods_of(namespace: str, job: str, phase: str) -> list[dict[str, Any]]:
 LIST_PREDICTIONS = """
 import json, os
 import pyarrow.parquet as pq
-out = "/var/lib/taxi-job/artifacts/predictions"
+out = "/var/lib/taxi-job/artifacts/predictions/backlog"
 print(json.dumps({n: pq.read_metadata(os.path.join(out, n)).num_rows
                   for n in sorted(os.listdir(out)) if n.endswith(".parquet")}))
 """

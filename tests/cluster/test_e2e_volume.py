@@ -52,12 +52,12 @@ READ_VOLUME = f"""
 import json, os, pyarrow.parquet as pq
 from job import artifacts
 out = {{"current": artifacts.current_version("{VOLUME}/artifacts"), "outputs": {{}}}}
-for folder in ("{VOLUME}/artifacts/predictions", "{VOLUME}/data/rejected"):
+for folder in ("{VOLUME}/artifacts/predictions/incoming", "{VOLUME}/data/rejected"):
     out[folder] = sorted(os.listdir(folder))
-for name in out["{VOLUME}/artifacts/predictions"]:
+for name in out["{VOLUME}/artifacts/predictions/incoming"]:
     if name.startswith("."):
         continue
-    path = "{VOLUME}/artifacts/predictions/" + name
+    path = "{VOLUME}/artifacts/predictions/incoming/" + name
     table = pq.read_table(path, columns=["model_version"])
     footer = pq.read_schema(path).metadata[b"taxi_job.model_version"].decode()
     rows = pq.read_metadata("{VOLUME}/data/incoming/" + name).num_rows
@@ -154,7 +154,8 @@ def test_first_minute_overlapping_infers_and_quarantine(namespace: str) -> None:
     run_job(namespace, reader)
     volume = json.loads(kubectl("-n", namespace, "logs", "job/read-volume").splitlines()[-1])
     assert volume[f"{VOLUME}/data/rejected"] == ["bad.parquet", "bad.parquet.json"]
-    assert not [n for n in volume[f"{VOLUME}/artifacts/predictions"] if n.startswith(".")]
+    queue = volume[f"{VOLUME}/artifacts/predictions/incoming"]
+    assert [n for n in queue if n.startswith(".")] == [".predicted.json"]  # no temporary
     assert sorted(volume["outputs"]) == sorted([BIG, "yellow_tripdata_2021-03.parquet"])
     for output in volume["outputs"].values():
         assert output["versions"] == [output["footer"]] == [volume["current"]]

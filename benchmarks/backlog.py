@@ -1,0 +1,130 @@
+"""Benchmark a backlog of small inputs: N files of 100 trips in one queue, the first run that
+predicts them all (files per second) and a run with nothing new over them (the every-minute
+``infer`` once the backlog is drained), as whole processes.
+
+    .venv/bin/python benchmarks/backlog.py [--sizes 1000 5000 20000] [--baseline REF]
+        [--baseline-sizes 1000 5000] [--repeat 3] [--workdir DIR] [--markdown]
+
+With ``--baseline``, that commit's taxi-job does the same on its own copy of the files,
+each of its runs paired with one of today's (alternating which goes first); the ratios are
+today's time over the baseline's. Targets: a run with nothing new over 5,000 predicted
+files within 2 s, and nearly flat in their number. The exit status is 0 unless something
+crashed: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from run import TAXI_JOB, Baseline, Run, context, log, measure, month_file, print_context, render
+
+#: Rows of each input: an hourly feed of a small zone, or a test drop.
+ROWS = 100
+#: A run with nothing new over this many predicted files must take at most this long.
+NOOP_FILES, NOOP_TARGET_S = 5000, 2.0
+
+
+def queue_of(workdir: Path, files: int, sample: Path) -> Path:
+    """``files`` copies (each its own inode and times) of a ``ROWS``-trip file."""
+    folder = workdir / f"incoming-{files}"
+    if folder.is_dir() and len(os.listdir(folder)) == files:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    first = folder / "trips-00000.parquet"
+    pq.write_table(pq.read_table(sample).slice(0, ROWS), first)
+    for i in range(1, files):
+        shutil.copyfile(first, folder / f"trips-{i:05d}.parquet")
+    return folder
+
+
+def infer(queue: Path, artifacts: Path, predictions: Path) -> list[str]:
+    return [TAXI_JOB, "infer", "--input", f"{queue}/*.parquet", "--artifacts", str(artifacts),
+            "--predictions", str(predictions), "--output-format", "json", "-q"]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--baseline", default=None, metavar="REF")
+    parser.add_argument("--baseline-sizes", type=int, nargs="*", default=None,
+                        help="sizes the baseline runs too [default: all]")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3, help="runs with nothing new, each")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/taxi-job-bench-backlog"))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    workdir: Path = args.workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = context()
+    # Files taken as copied in at once: the wait for files still being copied is not measured.
+    env = {**os.environ, "TAXI_JOB_SETTLE_SECONDS": "0"}
+    baseline = Baseline.extract(args.baseline, workdir) if args.baseline else None
+    who: dict[str, dict[str, str]] = {"today": env}
+    if baseline is not None:
+        who[baseline.ref] = {**baseline.env, "TAXI_JOB_SETTLE_SECONDS": "0"}
+    data = workdir / "data"
+    train = month_file(data, "2021-01", 20_000)
+    for name, child_env in who.items():
+        artifacts = workdir / f"artifacts-{name.split()[0]}"
+        if not (artifacts / "CURRENT").exists():
+            measure([TAXI_JOB, "train", "--train-data", str(train), "--eval-data", str(train),
+                     "--artifacts", str(artifacts), "--output-format", "json", "-q"],
+                    workdir, child_env)  # fmt: skip
+    rows: list[list[str]] = []
+    noop_at_target = float("nan")
+    for files in args.sizes:
+        queue = queue_of(data, files, train)
+        runs: dict[str, tuple[Run, list[Run]]] = {}
+        names = [n for n in who if n == "today" or args.baseline_sizes is None
+                 or files in args.baseline_sizes]  # fmt: skip
+        for name in names:
+            predictions = workdir / f"predictions-{name.split()[0]}-{files}"
+            shutil.rmtree(predictions, ignore_errors=True)
+            artifacts = workdir / f"artifacts-{name.split()[0]}"
+            first = measure(infer(queue, artifacts, predictions), workdir, who[name])
+            assert first.summary["inputs_predicted"] == files, first.summary
+            log(f"{files} files, {name}: first run {first.seconds:.1f} s")
+            runs[name] = (first, [])
+        for i in range(args.repeat):
+            order = names if i % 2 == 0 else names[::-1]  # a slow spell hits both of a pair
+            for name in order:
+                predictions = workdir / f"predictions-{name.split()[0]}-{files}"
+                artifacts = workdir / f"artifacts-{name.split()[0]}"
+                noop = measure(infer(queue, artifacts, predictions), workdir, who[name])
+                assert noop.summary["inputs_predicted"] == 0, noop.summary
+                runs[name][1].append(noop)
+        for name in names:
+            first, noops = runs[name]
+            median = statistics.median(r.seconds for r in noops)
+            if name == "today" and files == NOOP_FILES:
+                noop_at_target = median
+            ratio = ""
+            if name != "today":
+                today_first, today_noops = runs["today"]
+                pairs = [a.seconds / b.seconds for a, b in zip(today_noops, noops, strict=True)]
+                ratio = f"first {today_first.seconds / first.seconds:.2f}×, no-op " + (
+                    f"{statistics.median(pairs):.2f}×"
+                )
+            rows.append([f"{files:,}", name, f"{first.seconds:.1f}", f"{files / first.seconds:.0f}",
+                         f"{median:.2f}", f"{max(r.max_rss_kib for r in noops) / 1024:.0f}",
+                         ratio])  # fmt: skip
+            log(f"{files} files, {name}: no-op median {median:.2f} s")
+    print_context("benchmarks/backlog.py", argv, ctx, args.markdown)
+    header = ["files", "code", "first run s", "files/s", "no-op s (median)", "no-op MiB",
+              "today / baseline"]  # fmt: skip
+    print(render(header, rows, args.markdown))
+    if NOOP_FILES in args.sizes:
+        ok = noop_at_target <= NOOP_TARGET_S
+        print(f"\nno-op over {NOOP_FILES:,} predicted files: {noop_at_target:.2f} s "
+              f"(target ≤ {NOOP_TARGET_S:.0f} s): {'ok' if ok else 'MISSED'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
