@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from job import artifacts, inference, mapreduce, pipeline, registry, shards, volume
+from job import artifacts, inference, mapreduce, pipeline, predicted, registry, shards, volume
 
 #: A lease short enough for a test to outlast it several times over.
 LEASE = 0.6
@@ -92,7 +92,7 @@ def test_a_slow_run_keeps_its_claim_past_the_lease_and_a_rollback_cannot_mix_mod
     and the slow run then renamed the other model's file over the rolled-back one's."""
     root, data, old, new = store
     monkeypatch.setattr(inference, "CLAIM_LEASE_S", LEASE)
-    claim = volume.claim_path(root / "predictions" / data.name)
+    claim = volume.claim_path(root / "predictions" / data.parent.name / data.name)
     with frozen_before_publishing(monkeypatch) as (written, go):
         thread, slow = in_thread(lambda: infer(root, data))
         assert written.wait(60)
@@ -106,10 +106,10 @@ def test_a_slow_run_keeps_its_claim_past_the_lease_and_a_rollback_cannot_mix_mod
         go.set()
         thread.join(60)
     assert slow["summary"]["inputs_predicted"] == 1
-    assert version_of(root / "predictions" / data.name) == new
+    assert version_of(root / "predictions" / data.parent.name / data.name) == new
     third = infer(root, data)  # the current model is old now: predicted again
     assert third["inputs_predicted"] == 1
-    assert version_of(root / "predictions" / data.name) == old == artifacts.current_version(root)
+    assert version_of(root / "predictions" / data.parent.name / data.name) == old == artifacts.current_version(root)
     assert not claim.exists()
 
 
@@ -118,7 +118,7 @@ def test_a_run_whose_claim_was_taken_over_publishes_nothing(store, monkeypatch):
     another run takes the input over and publishes: the slow run checks right before its
     rename, leaves the other's file and reports the input busy."""
     root, data, old, new = store
-    claim = volume.claim_path(root / "predictions" / data.name)
+    claim = volume.claim_path(root / "predictions" / data.parent.name / data.name)
     with frozen_before_publishing(monkeypatch) as (written, go):
         thread, slow = in_thread(lambda: infer(root, data))
         assert written.wait(60)
@@ -127,14 +127,15 @@ def test_a_run_whose_claim_was_taken_over_publishes_nothing(store, monkeypatch):
         registry.promote(root, old, reason="rollback")
         second = infer(root, data)
         assert second["inputs_predicted"] == 1
-        theirs = (root / "predictions" / data.name).read_bytes()
+        theirs = (root / "predictions" / data.parent.name / data.name).read_bytes()
         go.set()
         thread.join(60)
     assert "error" not in slow, slow.get("error")
     assert (slow["summary"]["inputs_predicted"], slow["summary"]["inputs_busy"]) == (0, 1)
-    assert (root / "predictions" / data.name).read_bytes() == theirs
-    assert version_of(root / "predictions" / data.name) == old
-    assert sorted(p.name for p in (root / "predictions").iterdir()) == [data.name]
+    assert (root / "predictions" / data.parent.name / data.name).read_bytes() == theirs
+    assert version_of(root / "predictions" / data.parent.name / data.name) == old
+    queue = root / "predictions" / data.parent.name
+    assert sorted(p.name for p in queue.iterdir() if p.name != predicted.INDEX) == [data.name]
 
 
 def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
@@ -266,13 +267,17 @@ def test_a_late_duplicate_shard_leaves_no_partial(tmp_path, make_trips, monkeypa
 
 
 def test_a_partial_of_other_inputs_under_the_same_run_id_is_not_reused(tmp_path, make_trips):
-    first = make_trips("first.parquet", rows=3000, seed=1, row_group_size=1000)
-    second = make_trips("second.parquet", rows=3000, seed=2, row_group_size=1000)
+    """Same options, but the file was rewritten between the shards: the plan digest
+    differs, so shard 0's partial is read again rather than merged."""
+    data = make_trips("train.parquet", rows=3000, seed=1, row_group_size=1000)
     root = tmp_path / "artifacts"
-    sharded(root, str(first), first, 0)  # its partial stays: the run is not reduced
-    reduced = sharded(root, str(second), second, 1)  # finds both partials: reduces
+    sharded(root, str(data), data, 0)  # its partial stays: the run is not reduced
+    time.sleep(0.01)  # a new modification time even on a coarse clock
+    rewritten = make_trips("train.parquet", rows=3000, seed=2, row_group_size=1000)
+    assert rewritten == data
+    reduced = sharded(root, str(data), data, 1)  # finds both partials: reduces
     assert reduced["reducer"] == 1
-    alone = pipeline.train(pipeline.TrainConfig(str(second), str(second), tmp_path / "alone"))
+    alone = pipeline.train(pipeline.TrainConfig(str(data), str(data), tmp_path / "alone"))
     assert reduced["rows_read"] == alone["rows_read"] == 3000
     assert reduced["rmse_eval"] == pytest.approx(alone["rmse_eval"], rel=1e-9)
 

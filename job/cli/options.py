@@ -267,9 +267,8 @@ def _reporting(
         ran: dict[str, Any] = {}  # the summary and the error, once there are any
         code = EXIT_UNEXPECTED
         try:
-            _run(func, args, kwargs, text, payload, output_format, termination_log, verbose, ran)
-            code = 0
-        except SystemExit as exit_:  # fail(), or SIGTERM (see job.cli.main)
+            code = _run(func, args, kwargs, text, payload, output_format, verbose, ran)
+        except SystemExit as exit_:  # SIGTERM (see job.cli.main)
             code = exit_.code if isinstance(exit_.code, int) else EXIT_UNEXPECTED
             raise
         except click.ClickException as exc:
@@ -280,6 +279,10 @@ def _reporting(
             if pushgateway:
                 shard = kwargs.get("shard_index") if kwargs.get("shards", 1) > 1 else None
                 push_metrics(pushgateway, code, started, ran.get("summary"), shard)
+        if code:  # the error's one line last, after any warning of the hooks
+            fail(code, ran["error"], termination_log, ran.get("summary"))
+        if termination_log is not None:
+            write_termination_log(termination_log, ran["summary"])
         # Only a success gets here; the metrics are already pushed, so a slow hook (the
         # report page) does not count in the run's duration.
         if after is not None:
@@ -319,12 +322,12 @@ def _run(
     text: TextRenderer,
     payload: JsonPayload | None,
     output_format: str,
-    termination_log: Path | None,
     verbose: int,
     ran: dict[str, Any],
-) -> None:
-    """Run the command body and report its summary, or fail with its error's exit code;
-    leave in ``ran`` what the hooks at the run's end need: its summary, its error."""
+) -> int:
+    """Run the command body and print its summary; return the exit code (0, or its error's)
+    and leave in ``ran`` what the run's end needs: its summary, its error. The error's line
+    is printed by the caller, after the hooks at the run's end."""
     try:
         summary = func(*args, **kwargs)
     except InputsRejectedError as exc:  # the rest of the run was done: report it too
@@ -332,36 +335,35 @@ def _run(
         click.echo(
             json.dumps(exc.summary, default=str) if output_format == "json" else text(exc.summary)
         )
-        fail(exc.exit_code, str(exc), termination_log, verbose > 0, exc.summary)
+        return exc.exit_code
     except TaxiJobError as exc:
+        if verbose > 0:
+            logger.debug("details", exc_info=True)
         ran["error"] = str(exc)
-        fail(exc.exit_code, str(exc), termination_log, verbose > 0)
+        return exc.exit_code
     except click.ClickException as exc:
         ran["error"] = exc.format_message()
         raise
     except Exception as exc:  # a bug: still one line, the traceback only with -v
+        logger.debug("details", exc_info=True)
         ran["error"] = f"unexpected error: {exc!r}"
-        fail(EXIT_UNEXPECTED, ran["error"], termination_log, True)
+        return EXIT_UNEXPECTED
     ran["summary"] = summary
     if output_format == "json":
         click.echo(json.dumps(summary if payload is None else payload(summary), default=str))
     else:
         click.echo(text(summary))
-    if termination_log is not None:
-        write_termination_log(termination_log, summary)
+    return 0
 
 
 def fail(
     code: int,
     message: str,
     termination_log: Path | None,
-    traceback: bool,
     summary: Mapping[str, Any] | None = None,
 ) -> None:
     """Exit with ``code`` after one line on stderr (and in the termination log, after what
     the run did, if it did something)."""
-    if traceback:
-        logger.debug("details", exc_info=True)
     if termination_log is not None:
         write_termination_log(
             termination_log, {**(summary or {}), "error": message, "exit_code": code}

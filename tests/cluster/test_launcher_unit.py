@@ -33,10 +33,8 @@ class FakeBatch:
         self.jobs = [model(j, "V1Job") for j in jobs]
         self.created: list[Any] = []
 
-    def list_namespaced_cron_job(self, namespace: str, label_selector: str) -> Any:
-        key, _, value = label_selector.partition("=")
-        labels = self.cronjob.metadata.labels or {}
-        return client.V1CronJobList(items=[self.cronjob] if labels.get(key) == value else [])
+    def list_namespaced_cron_job(self, namespace: str) -> Any:
+        return client.V1CronJobList(items=[self.cronjob])
 
     def list_namespaced_job(self, namespace: str) -> Any:
         return client.V1JobList(items=self.jobs)
