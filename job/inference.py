@@ -188,9 +188,11 @@ class BackgroundWriter:
 #: A claim on an input not renewed for this long was left by a killed run. A live run
 #: renews it every third of this (volume.renewing) however long the input takes (the
 #: backlog Job's deadline is 7200 s), so this bounds only how long a killed run's input
-#: waits; a claim broken under a live run (a clock far off) costs work twice, never a mixed
-#: or a wrong file (the run that lost it checks before it renames, and publishes nothing).
-CLAIM_LEASE_S = 900
+#: waits: after a node restart, a few minutes of the every-minute schedule, not a quarter
+#: of an hour. A claim broken under a live run (a renewal stalled two minutes, clocks two
+#: minutes apart) costs work twice, never a mixed or a wrong file (the run that lost it
+#: checks before it renames, and publishes nothing).
+CLAIM_LEASE_S = 180
 #: How often a long run writes its index of predicted inputs back, seconds.
 INDEX_FLUSH_S = 30
 #: Where a bad input of the incoming queue goes: beside the queue's folder.

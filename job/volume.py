@@ -332,6 +332,9 @@ def renewing(claim: Claim, every_s: float | None = None) -> Iterator[None]:
 #: A temporary untouched this long was left by a killed run: a live writer renames its
 #: temporary seconds after its last write (a version, a partial, one input's predictions).
 TEMPORARY_AFTER_S = 3600
+#: An input's predictions temporary with no claim on the input, untouched this long, is a
+#: killed run's (see LEFTOVERS): a margin for a writer of that folder that takes no claim.
+UNCLAIMED_AFTER_S = 60
 #: A sharded training's run folder untouched this long belongs to a training that ended
 #: long ago (a training Job's deadline is 7200 s); it keeps PUBLISHED until then, so that
 #: a late or repeated shard of the run does nothing.
@@ -351,6 +354,8 @@ class Leftover:
     why: str
     locked_after_s: float | None = None
     """The age that suffices for a sweeper holding the training lock, if another."""
+    unclaimed: bool = False
+    """Only the temporaries of a target nobody holds a claim on (after the claims rule)."""
 
 
 #: The one table of what the sweep removes (every command that writes runs it).
@@ -379,6 +384,16 @@ LEFTOVERS = (
         "a live holder renews its claim every third of its lease",
     ),
     Leftover(
+        "an input's predictions being written by a run that was killed (its claim broken)",
+        ("predictions",),
+        TMP_PREFIX + "*",
+        UNCLAIMED_AFTER_S,
+        "infer writes an input's predictions only while it holds the input's claim, and "
+        "renames or removes them before it lets go: with the claim gone they are nobody's "
+        "(a node restart leaves a whole month's worth; not an hour's wait for them)",
+        unclaimed=True,
+    ),
+    Leftover(
         "a sharded training's run folder",
         ("partials",),
         "*",
@@ -397,6 +412,8 @@ def sweep(artifacts: Path, predictions: Path | None = None, *, locked: bool = Fa
         after = rule.locked_after_s if locked and rule.locked_after_s is not None else rule.after_s
         for folder in _places(artifacts, predictions, rule.places):
             for path in folder.glob(rule.pattern):
+                if rule.unclaimed and _claimed(path):
+                    continue
                 if after is None:
                     body = read_claim(path) or {}
                     lease = body.get("lease_s")
@@ -413,6 +430,13 @@ def sweep(artifacts: Path, predictions: Path | None = None, *, locked: bool = Fa
                             shutil.rmtree(path, ignore_errors=True)
                         else:
                             path.unlink()
+
+
+def _claimed(temporary: Path) -> bool:
+    """Whether the target of ``temporary`` (``.tmp-<target>.<random>``) has a claim, or is
+    no claimable target at all (a hidden file's temporary: an index, a claim being made)."""
+    target = temporary.name[len(TMP_PREFIX) :].rpartition(".")[0]
+    return not target or target.startswith(".") or claim_path(temporary.with_name(target)).exists()
 
 
 def _places(artifacts: Path, predictions: Path | None, places: tuple[str, ...]) -> list[Path]:

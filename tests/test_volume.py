@@ -117,3 +117,24 @@ def test_the_sweep_removes_what_killed_runs_left_and_nothing_live(tmp_path):
         [fresh_tmp.name, volume.claim_path(tmp_path / "d.parquet").name, "e.parquet"]
     )
     assert live is not None
+
+
+def test_the_sweep_removes_a_killed_runs_predictions_with_its_broken_claim(tmp_path):
+    """A node restart kills an infer mid-write: its claim and its temporary stay behind.
+    Once the claim is past its lease, one sweep breaks it and removes the temporary (not an
+    hour later); a temporary under a live claim, or too fresh to be sure of, stays."""
+    killed, live, fresh = (tmp_path / f"{n}.parquet" for n in ("killed", "live", "fresh"))
+    assert volume.try_claim(killed, LEASE) is not None  # never released: its run was killed
+    killed_tmp = volume.temporary_file(killed)
+    held = volume.try_claim(live, LEASE)
+    live_tmp = volume.temporary_file(live)
+    fresh_tmp = volume.temporary_file(fresh)
+    index_tmp = volume.temporary_file(tmp_path / ".predicted.json")
+    age(volume.claim_path(killed), LEASE + 60)
+    for path in (killed_tmp, live_tmp, index_tmp):
+        age(path, volume.UNCLAIMED_AFTER_S + 60)
+    volume.sweep(tmp_path / "artifacts", predictions=tmp_path)
+    assert held is not None
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [live_tmp.name, volume.claim_path(live).name, fresh_tmp.name, index_tmp.name]
+    )
