@@ -19,6 +19,9 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_MODEL = 3
 #: A failure that may pass: I/O or network after retries, the training lock is held.
 EXIT_TRANSIENT = 75
+#: Stopped by SIGTERM (128 + 15, job.cli.main's handler): the pod was deleted, drained or
+#: is past its deadline; not the run's fault, so the Jobs do not count it either.
+EXIT_STOPPED = 143
 
 
 class TaxiJobError(Exception):

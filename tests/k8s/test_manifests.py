@@ -14,7 +14,13 @@ import yaml
 
 from job import __version__, journal
 from job.cli import all_commands
-from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL, EXIT_TRANSIENT, EXIT_UNEXPECTED
+from job.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_MODEL,
+    EXIT_STOPPED,
+    EXIT_TRANSIENT,
+    EXIT_UNEXPECTED,
+)
 
 from .conftest import ROOT, Manifest, job_spec, pod_spec
 
@@ -229,8 +235,17 @@ def test_pod_failure_policy_uses_the_cli_exit_codes(by_kind_name: GetObject, nam
     assert EXIT_UNEXPECTED not in rule["onExitCodes"]["values"]
     assert spec["backoffLimit"] >= 1
     ignore = [r for r in rules if r["action"] == "Ignore"]
+    # not the job's fault: an eviction or preemption, and a pod deleted (SIGTERM, 143)
     assert ignore == [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {
+            "action": "Ignore",
+            "onExitCodes": {
+                "containerName": container["name"],
+                "operator": "In",
+                "values": [EXIT_STOPPED],
+            },
+        },
     ]
     assert spec["activeDeadlineSeconds"] > 0
 
