@@ -339,20 +339,33 @@ def test_ci_runs_the_suite_on_the_shared_cluster_then_purges_it(
         ["env", "REQUIRE=1"],
         ["make", "test"],
         ["env", "REQUIRE=1"],
+        ["make", "test"],
+        ["env", "REQUIRE=1"],
         ["down", "--purge"],
     ]
     tests = [c for c in calls if c[:2] == ["make", "test"]]
     assert tests == [
-        ["make", "test", "PYTEST_ARGS=-m 'not cluster'"],
-        ["make", "test", "PYTEST_ARGS=-m cluster"],
+        ["make", "test", "PYTEST_ARGS=-m 'not cluster and not faults'"],
+        ["make", "test", "PYTEST_ARGS=-m 'cluster and not faults'"],
+        ["make", "test", "PYTEST_ARGS=-m faults"],
     ]
     # one image for the image tests and the cluster, and the cluster's kubeconfig
     assert ["env", "REQUIRE=1", f"IMAGE={image}", "KUBECONFIG=/stub/kubeconfig"] in calls
-    for name in ("tools", "image", "cluster", "unit tests", "cluster tests", "cluster down"):
+    for name in (
+        "tools",
+        "image",
+        "cluster",
+        "unit tests",
+        "cluster tests",
+        "fault tests",
+        "cluster down",
+    ):
         assert re.search(rf"^  {name} +\d+ s$", output, re.MULTILINE), output
 
 
-@pytest.mark.parametrize("fail", [" up ", " load-image ", "not cluster", "-m cluster"])
+@pytest.mark.parametrize(
+    "fail", [" up ", " load-image ", "not cluster", "cluster and not faults", "-m faults"]
+)
 def test_ci_stops_the_cluster_whatever_failed(
     ci_run: Callable[..., tuple[int, Calls, str]],
     fail: str,
@@ -363,7 +376,7 @@ def test_ci_stops_the_cluster_whatever_failed(
 
 
 def test_ci_keeps_the_cluster_when_asked(ci_run: Callable[..., tuple[int, Calls, str]]) -> None:
-    code, calls, output = ci_run(TAXI_JOB_KEEP_CLUSTER="1", FAIL="-m cluster")
+    code, calls, output = ci_run(TAXI_JOB_KEEP_CLUSTER="1", FAIL="cluster and not faults")
     assert code == 3
     assert ["up"] in calls
     assert not [c for c in calls if c[0] == "down"]
@@ -377,5 +390,6 @@ def test_ci_without_the_shared_cluster_still_runs_the_cluster_tests(
     code, calls, _ = ci_run(shared_cluster=False)
     assert code == 0
     assert not [c for c in calls if c[0] in ("up", "down", "build-image")]
-    assert ["make", "test", "PYTEST_ARGS=-m cluster"] in calls
+    assert ["make", "test", "PYTEST_ARGS=-m 'cluster and not faults'"] in calls
+    assert ["make", "test", "PYTEST_ARGS=-m faults"] in calls
     assert ["env", "REQUIRE=1", "IMAGE=", "KUBECONFIG="] in calls
