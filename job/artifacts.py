@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,13 +117,19 @@ def publish(
         models = root / MODELS
         models.mkdir(parents=True, exist_ok=True)
         tmp = temporary_dir(models / version)
-        for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
-            with open(tmp / name, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, models / version)
+        try:
+            for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
+                with open(tmp / name, "wb") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            fsync_dir(tmp)
+            os.rename(tmp, models / version)
+        except BaseException:
+            # A full volume fails here: the half version must not keep the space it took
+            # (nor wait for the next training's sweep) while the volume is still full.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fsync_dir(models)
     if make_current:
         set_current(root, version)

@@ -119,13 +119,21 @@ def sample_data_on_a_tmpfs(folder: Path, mount_options: str, rows: int):
     """``sample-data`` into a real tmpfs mounted on ``folder`` in a mount namespace of its
     own; skips where a tmpfs cannot be mounted."""
     folder.mkdir()
+    return in_a_mount_namespace(
+        f'mount -t tmpfs -o {mount_options} tmpfs "$1" || exit 9\n'
+        f'exec "$0" sample-data --month 2021-01 --rows {rows} "$1"',
+        folder,
+    )
+
+
+def in_a_mount_namespace(script: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``sh -c script`` in a mount namespace of its own, with ``$0`` the ``taxi-job``
+    executable and ``$1`` ``folder``; skips where the script's mount fails (its exit 9)."""
     result = subprocess.run(
-        ["unshare", "--mount", "sh", "-c",
-         f'mount -t tmpfs -o {mount_options} tmpfs "$1" && exec "$0" sample-data '
-         f'--month 2021-01 --rows {rows} "$1"', TAXI_JOB, str(folder)],
+        ["unshare", "--mount", "sh", "-c", script, TAXI_JOB, str(folder)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    if "mount:" in result.stderr:
+    if result.returncode == 9 or "mount:" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     return result
 
@@ -225,3 +233,61 @@ def test_stale_temporary_predictions_are_removed_fresh_ones_kept(tmp_path, make_
     assert not stale.exists()
     assert fresh.exists()  # another run may still be writing it
     assert (predictions / "t.parquet").is_file()
+
+
+@needs_unshare
+def test_train_on_a_full_volume_leaves_current_and_no_half_version(tmp_path, make_trips):
+    """A real full filesystem (an 8 MiB tmpfs filled to the last byte): the training exits
+    75, CURRENT and the versions stay as they were, and the half-written version does not
+    keep space the volume lacks; once space is freed the next training publishes."""
+    data = make_trips("m.parquet", rows=2000)
+    store = tmp_path / "store"
+    store.mkdir()
+    train = f'"$0" train --train-data {data} --eval-data {data} --artifacts "$1"/a'
+    script = (
+        f'mount -t tmpfs -o size=8m tmpfs "$1" && {train} >/dev/null 2>&1 || exit 9\n'
+        'fallocate -l "$(df -B1 --output=avail "$1" | tail -1)" "$1"/other-files\n'
+        f"{train} >/dev/null 2>&1; echo $?\n"
+        'cat "$1"/a/CURRENT; ls -A "$1"/a/models | tr "\\n" " "; echo\n'
+        f'rm "$1"/other-files; {train} >/dev/null 2>&1; echo $?; cat "$1"/a/CURRENT\n'
+    )
+    result = in_a_mount_namespace(script, store)
+    code, current, versions, code_after, current_after = result.stdout.splitlines()
+    assert int(code) == EXIT_TRANSIENT
+    assert versions.split() == [current]  # no .tmp- folder beside it
+    assert int(code_after) == 0
+    assert current_after != current
+
+
+@needs_unshare
+def test_infer_of_a_month_that_cannot_fit_publishes_nothing(tmp_path, make_trips):
+    """A real filesystem too small for a month's predictions (a tmpfs with 1 MiB left):
+    infer exits 75, no predictions and no temporary or claim are left; once space is freed
+    the next run predicts the month whole."""
+    data = make_trips("m.parquet", rows=2000)
+    queue = tmp_path / "queue"
+    sample.write_sample("2021-04", 200_000, queue)  # about 2 MiB of predictions
+    (sample_file,) = queue.glob("*.parquet")
+    store = tmp_path / "store"
+    store.mkdir()
+    infer = (
+        f'"$0" infer --input "{sample_file}" --artifacts "$1"/a --predictions "$1"/p '
+        "--settle-seconds 0 >/dev/null 2>&1; echo $?"
+    )
+    script = (
+        f'mount -t tmpfs -o size=8m tmpfs "$1" && "$0" train --train-data {data} '
+        f'--eval-data {data} --artifacts "$1"/a >/dev/null 2>&1 || exit 9\n'
+        'fallocate -l "$(( $(df -B1 --output=avail "$1" | tail -1) - 1048576 ))" "$1"/other\n'
+        f"{infer}\n"
+        'ls -A "$1"/p "$1"/p/* | tr "\\n" " "; echo\n'
+        f'rm "$1"/other; {infer}\n'
+        '"$(dirname "$0")"/python -c "import pyarrow.parquet as pq, sys; '
+        'print(pq.read_metadata(sys.argv[1]).num_rows)" "$1"/p/queue/*.parquet\n'
+    )
+    result = in_a_mount_namespace(script, store)
+    assert len(result.stdout.splitlines()) == 4, result.stdout + result.stderr
+    code, listed, code_after, rows = result.stdout.splitlines()
+    assert int(code) == EXIT_TRANSIENT
+    assert ".tmp-" not in listed and ".claim-" not in listed and sample_file.name not in listed
+    assert int(code_after) == 0
+    assert int(rows) == 200_000
