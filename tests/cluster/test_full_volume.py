@@ -279,7 +279,9 @@ def test_a_full_volume_fails_runs_transiently_and_they_recover(full_volume) -> N
         assert "No space left on device" in run["summary"]["error"]
     table = {line.split()[0]: line for line in runs(namespace, text=True).splitlines()[1:]}
     assert "failed (BackoffLimitExceeded)" in table["full-infer"]
-    assert "No space left on device" in table["full-infer"], table
+    for name in ("full-infer", "full-train"):
+        assert "error (exit 75, transient error, a later run retries): " in table[name], table
+        assert table[name].endswith("No space left on device"), table
     print(runs(namespace, text=True))
 
     # 5. Space freed, nothing else done by hand: the next scheduled infer predicts the
