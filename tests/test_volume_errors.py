@@ -270,17 +270,18 @@ def test_infer_of_a_month_that_cannot_fit_publishes_nothing(tmp_path, make_trips
     (sample_file,) = queue.glob("*.parquet")
     store = tmp_path / "store"
     store.mkdir()
+    errors = tmp_path / "errors"  # outside the tmpfs: the test reads it
     infer = (
         f'"$0" infer --input "{sample_file}" --artifacts "$1"/a --predictions "$1"/p '
-        "--settle-seconds 0 >/dev/null 2>&1; echo $?"
+        "--settle-seconds 0 >/dev/null 2>{}; echo $?"
     )
     script = (
         f'mount -t tmpfs -o size=8m tmpfs "$1" && "$0" train --train-data {data} '
         f'--eval-data {data} --artifacts "$1"/a >/dev/null 2>&1 || exit 9\n'
         'fallocate -l "$(( $(df -B1 --output=avail "$1" | tail -1) - 1048576 ))" "$1"/other\n'
-        f"{infer}\n"
+        f"{infer.format(errors)}\n"
         'ls -A "$1"/p "$1"/p/* | tr "\\n" " "; echo\n'
-        f'rm "$1"/other; {infer}\n'
+        f'rm "$1"/other; {infer.format("/dev/null")}\n'
         '"$(dirname "$0")"/python -c "import pyarrow.parquet as pq, sys; '
         'print(pq.read_metadata(sys.argv[1]).num_rows)" "$1"/p/queue/*.parquet\n'
     )
@@ -288,6 +289,9 @@ def test_infer_of_a_month_that_cannot_fit_publishes_nothing(tmp_path, make_trips
     assert len(result.stdout.splitlines()) == 4, result.stdout + result.stderr
     code, listed, code_after, rows = result.stdout.splitlines()
     assert int(code) == EXIT_TRANSIENT
+    assert errors.read_text().strip().splitlines()[-1] == (
+        f"taxi-job: error: {store}/p/queue: cannot write predictions: No space left on device"
+    )
     assert ".tmp-" not in listed and ".claim-" not in listed and sample_file.name not in listed
     assert int(code_after) == 0
     assert int(rows) == 200_000
