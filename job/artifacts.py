@@ -94,8 +94,9 @@ def training_lock(
                         f"(waited {timeout_s:.0f} s: retry later, or raise --lock-timeout)"
                     ) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
+        with writing("the training lock", path):  # a full volume has no room for the note
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
         sweep(root, locked=True)  # what killed runs left; a holder may sweep them all
         yield
     finally:

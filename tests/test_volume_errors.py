@@ -260,6 +260,26 @@ def test_train_on_a_full_volume_leaves_current_and_no_half_version(tmp_path, mak
 
 
 @needs_unshare
+def test_the_first_training_on_a_full_volume_is_transient(tmp_path, make_trips):
+    """Full before any training: no room for the training lock's note (who holds it) is a
+    full volume like any other, exit 75, not an unexpected error."""
+    data = make_trips("m.parquet", rows=500)
+    store = tmp_path / "store"
+    store.mkdir()
+    script = (
+        'mount -t tmpfs -o size=1m tmpfs "$1" || exit 9\n'
+        'fallocate -l "$(df -B1 --output=avail "$1" | tail -1)" "$1"/other\n'
+        f'exec "$0" train --train-data {data} --eval-data {data} --artifacts "$1"/a\n'
+    )
+    result = in_a_mount_namespace(script, store)
+    assert result.returncode == EXIT_TRANSIENT, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"taxi-job: error: {store}/a/.train.lock: cannot write the training lock: "
+        "No space left on device"
+    )
+
+
+@needs_unshare
 def test_infer_of_a_month_that_cannot_fit_publishes_nothing(tmp_path, make_trips):
     """A real filesystem too small for a month's predictions (a tmpfs with 1 MiB left):
     infer exits 75, no predictions and no temporary or claim are left; once space is freed
