@@ -2,9 +2,9 @@
 48 MiB tmpfs that this test mounts on the node. An ``infer`` of a month whose predictions
 cannot fit exits 75 with none of them published and no temporary left; a ``train`` on the
 full volume exits 75 with ``CURRENT`` unchanged and no half version; ``taxi-job runs``
-says so (failed, exit 75, "No space left on device"); once space is freed, the next
-scheduled ``infer`` predicts the month whole and the next training publishes, with no
-step by hand on the volume but the freeing.
+says so (failed, exit 75, "No space left on device"). Once space is freed, with no other
+step by hand, a training's retry (the Job's back-off) publishes and the next scheduled
+``infer`` predicts the month whole.
 
 Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig of a cluster whose node is this
 machine (k8s-local: the tmpfs must be on the node) and TAXI_JOB_TEST_IMAGE an image the
@@ -36,7 +36,7 @@ from e2e import (
     SUSPEND_INFER,
     condition,
     create_job,
-    cronjob_patch,
+    exit_codes,
     job_ended,
     kubectl,
     own_namespace,
@@ -56,8 +56,6 @@ pytestmark = [
 ]
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
-#: k8s-local's one node: the machine this test runs on, where it mounts the tmpfs.
-NODE = "k8s-local-node"
 SIZE_MIB = 48
 VOLUME = "/var/lib/taxi-job"
 #: 600,000 synthetic trips: about 15 MiB of input, 6 MiB of predictions.
@@ -84,8 +82,18 @@ def tmpfs(size_mib: int) -> Iterator[Path]:
         folder.rmdir()
 
 
-def persistent_volume(name: str, path: Path) -> dict[str, Any]:
-    """A ``local`` PersistentVolume on ``path`` of the node, with a storage class of its
+def this_machine() -> str:
+    """The ``kubernetes.io/hostname`` of the cluster's one node, which must be this
+    machine (k8s-local's is): the tmpfs mounted here is on it. A cluster of several nodes
+    skips the test."""
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
+    if len(nodes) != 1:
+        pytest.skip("needs a one-node cluster on this machine (k8s-local)")
+    return str(nodes[0]["metadata"]["labels"]["kubernetes.io/hostname"])
+
+
+def persistent_volume(name: str, path: Path, node: str) -> dict[str, Any]:
+    """A ``local`` PersistentVolume on ``path`` of ``node``, with a storage class of its
     own (no StorageClass object: the claim that names it binds at once, and nothing else
     ever does)."""
     return {
@@ -99,7 +107,7 @@ def persistent_volume(name: str, path: Path) -> dict[str, Any]:
             "storageClassName": name,
             "local": {"path": str(path)},
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE]},
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]},
             ]}]}},
         },
     }  # fmt: skip
@@ -108,9 +116,7 @@ def persistent_volume(name: str, path: Path) -> dict[str, Any]:
 def overlay_on(volume: str) -> Any:
     def overlay(directory: Path, namespace: str) -> Path:
         """The repository in ``namespace`` with its claim on ``volume``; the every-minute
-        infer suspended until the test lets it run. No retries of a failed pod: each would
-        meet the same full volume (the Job controller's retries are not under test), and
-        the next scheduled run is the recovery shown."""
+        infer suspended until the test lets it run."""
         claim = {
             "target": {"kind": "PersistentVolumeClaim", "name": "taxi-job-data"},
             "patch": json.dumps([
@@ -120,18 +126,7 @@ def overlay_on(volume: str) -> Any:
                  "value": f"{SIZE_MIB}Mi"},
             ]),
         }  # fmt: skip
-        no_retry = [
-            cronjob_patch(c, [{"op": "replace", "path": "/spec/jobTemplate/spec/backoffLimit",
-                               "value": 0}])
-            for c in ("train", "infer")
-        ]  # fmt: skip
-        patches = [
-            claim,
-            SUSPEND_INFER,
-            small_requests("train"),
-            small_requests("infer"),
-            *no_retry,
-        ]
+        patches = [claim, SUSPEND_INFER, small_requests("train"), small_requests("infer")]
         return write_overlay(directory, namespace, IMAGE, patches=patches)
 
     return overlay
@@ -141,8 +136,9 @@ def overlay_on(volume: str) -> Any:
 def full_volume(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(namespace, the volume's folder on the node)."""
     name = f"taxi-job-full-{secrets.token_hex(3)}"
+    node = this_machine()
     with tmpfs(SIZE_MIB) as folder:
-        kubectl("create", "-f", "-", stdin=json.dumps(persistent_volume(name, folder)))
+        kubectl("create", "-f", "-", stdin=json.dumps(persistent_volume(name, folder, node)))
         try:
             with own_namespace(overlay_on(name), tmp_path) as namespace:
                 yield namespace, folder
@@ -159,6 +155,17 @@ def job_with_args(namespace: str, cronjob: str, name: str, args: list[str]) -> s
     spec = template["spec"]["jobTemplate"]["spec"]
     spec["template"]["spec"]["containers"][0]["args"] = args
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+    kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
+    return name
+
+
+def without_retries(namespace: str, cronjob: str, name: str) -> str:
+    """``kubectl create job NAME --from=cronjob/CRONJOB`` (a manual run, in ``taxi-job
+    runs``) with ``backoffLimit: 0``: while the volume stays full each retry would fail the
+    same way, and the failed Job is what this test looks at; its name."""
+    job = json.loads(kubectl("-n", namespace, "create", "job", name, f"--from=cronjob/{cronjob}",
+                             "--dry-run=client", "-o", "json"))  # fmt: skip
+    job["spec"]["backoffLimit"] = 0
     kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(job))
     return name
 
@@ -247,9 +254,7 @@ def test_a_full_volume_fails_runs_transiently_and_they_recover(full_volume) -> N
     # 2. Other files leave too little room for the month's predictions: infer exits 75,
     # nothing of the month published, no temporary or claim left behind.
     fill(folder, LEFT_FREE_MIB)
-    state, code, summary = ended(
-        namespace, create_job(namespace, from_cronjob="infer", name="full-infer")
-    )
+    state, code, summary = ended(namespace, without_retries(namespace, "infer", "full-infer"))
     assert (state, code) == ("Failed", EXIT_TRANSIENT), summary
     assert summary["exit_code"] == EXIT_TRANSIENT
     assert summary["error"].startswith(f"{VOLUME}/artifacts/predictions/incoming: cannot write")
@@ -260,9 +265,7 @@ def test_a_full_volume_fails_runs_transiently_and_they_recover(full_volume) -> N
     # 3. The volume full to the last byte: a training exits 75, CURRENT unchanged, no half
     # version left (nor the space it took).
     fill(folder, 0)
-    state, code, summary = ended(
-        namespace, create_job(namespace, from_cronjob="train", name="full-train")
-    )
+    state, code, summary = ended(namespace, without_retries(namespace, "train", "full-train"))
     assert (state, code) == ("Failed", EXIT_TRANSIENT), summary
     assert summary["error"].startswith(f"{VOLUME}/artifacts/models: cannot write model version")
     assert summary["error"].endswith("No space left on device"), summary["error"]
@@ -284,10 +287,34 @@ def test_a_full_volume_fails_runs_transiently_and_they_recover(full_volume) -> N
         assert table[name].endswith("No space left on device"), table
     print(runs(namespace, text=True))
 
-    # 5. Space freed, nothing else done by hand: the next scheduled infer predicts the
-    # month, whole, with the first model; then the next training publishes.
+    # 5. A training as the CronJob makes it (retries with a back-off) meets the full
+    # volume; space is freed meanwhile (and the every-minute infer let run): its next
+    # attempt publishes, CURRENT changes only now.
+    create_job(namespace, from_cronjob="train", name="train-retried")
+
+    def attempts() -> list[int]:
+        """The exit codes of the training's ended attempts, oldest first."""
+        pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", "job-name=train-retried",
+                                  "-o", "json"))["items"]  # fmt: skip
+        return exit_codes(sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"]), "train")
+
+    deadline = time.monotonic() + 120
+    while not (codes := attempts()):
+        assert time.monotonic() < deadline, "the training's first attempt did not end"
+        time.sleep(1)  # polling the pod's state, not timing it
+    assert codes == [EXIT_TRANSIENT]
+    assert (artifacts / "CURRENT").read_text().strip() == first
     (folder / FILLER).unlink()
     kubectl("-n", namespace, "patch", "cronjob", "infer", "-p", '{"spec":{"suspend":false}}')
+    job = job_ended(namespace, "train-retried", 300)
+    assert condition(job, "Complete"), job["status"]
+    assert attempts() == [EXIT_TRANSIENT, 0]
+    second = (artifacts / "CURRENT").read_text().strip()
+    assert second != first
+    assert sorted(p.name for p in (artifacts / "models").iterdir()) == sorted([first, second])
+
+    # 6. Nothing done by hand but the freeing: the next scheduled infer predicts the month,
+    # whole, with the model current when it ran.
     deadline = time.monotonic() + 150
     while (scheduled := scheduled_infer(namespace)) is None:
         assert time.monotonic() < deadline, "the infer CronJob started no Job"
@@ -296,15 +323,11 @@ def test_a_full_volume_fails_runs_transiently_and_they_recover(full_volume) -> N
     state, code, summary = ended(namespace, scheduled)
     assert (state, code) == ("Complete", 0), summary
     assert f"{VOLUME}/artifacts/predictions/incoming/{MONTH}" in summary["outputs"]
+    assert summary["model_version"] in (first, second)
     table = pq.read_table(predicted / MONTH, columns=["model_version"])
     assert table.num_rows == MONTH_ROWS
-    assert table.column("model_version").unique().to_pylist() == [first]
-
-    state, code, summary = ended(
-        namespace, create_job(namespace, from_cronjob="train", name="train-again")
-    )
-    assert (state, code) == ("Complete", 0), summary
-    assert (artifacts / "CURRENT").read_text().strip() == summary["model_version"] != first
+    assert table.column("model_version").unique().to_pylist() == [summary["model_version"]]
     assert leftovers(folder) == []
     history = runs(namespace)
-    assert history[scheduled]["state"] == history["train-again"]["state"] == "succeeded"
+    assert history[scheduled]["state"] == history["train-retried"]["state"] == "succeeded"
+    assert history["train-retried"]["summary"]["model_version"] == second
