@@ -140,7 +140,7 @@ def publish(
 
 def set_current(root: Path, version: str) -> None:
     """Point ``CURRENT`` at ``version`` atomically. Call it while holding the lock."""
-    with writing("CURRENT"):
+    with writing("CURRENT", root / CURRENT):
         write_atomic(root / CURRENT, (version + "\n").encode())
 
 

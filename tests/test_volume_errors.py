@@ -315,3 +315,65 @@ def test_infer_of_a_month_that_cannot_fit_publishes_nothing(tmp_path, make_trips
     assert ".tmp-" not in listed and ".claim-" not in listed and sample_file.name not in listed
     assert int(code_after) == 0
     assert int(rows) == 200_000
+
+
+#: Run inside a mount namespace of its own by the venv's Python: a first training (no
+#: CURRENT yet, so none whose page a new one reuses) on an 8 MiB tmpfs left with ``k``
+#: free pages, for each ``k`` around the size of one version; prints one JSON object a
+#: run: its exit code, CURRENT after it (or null), its last line.
+FIRST_TRAINING_ON_EVERY_FREE_SIZE = r"""
+import json, os, shutil, subprocess, sys
+taxi_job, store, data = sys.argv[1:4]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", store], check=True)
+def train(a):
+    return subprocess.run([taxi_job, "train", "--train-data", data, "--eval-data", data,
+                           "--artifacts", a], capture_output=True, text=True)
+def current(a):
+    path = os.path.join(a, "CURRENT")
+    return open(path).read().strip() if os.path.exists(path) else None
+probe = os.path.join(store, "probe")
+train(probe)
+page = os.statvfs(store).f_frsize
+size = os.path.getsize(os.path.join(probe, "models", current(probe), "model.json"))
+shutil.rmtree(probe)
+other = os.path.join(store, "other")
+for k in range(-(-size // page), -(-size // page) + 5):
+    a = os.path.join(store, f"a{k}")
+    os.makedirs(a)
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.posix_fallocate(fd, 0, os.statvfs(store).f_bavail * page - k * page)
+    os.close(fd)
+    run = train(a)
+    os.remove(other)
+    print(json.dumps({"k": k, "code": run.returncode, "current": current(a),
+                      "last": (run.stderr.strip().splitlines() or [""])[-1]}))
+    shutil.rmtree(a)
+"""
+
+
+@needs_unshare
+def test_a_training_that_fails_on_a_full_volume_never_changed_current(tmp_path, make_trips):
+    """Whatever room is left (page by page around one version's size): a first training
+    either succeeds with its version current, or exits 75 with no CURRENT. One that made
+    its version current must not then fail on the history's line: its Job would train and
+    publish again, and a failed run would have changed what infer uses."""
+    data = make_trips("m.parquet", rows=500)
+    store = tmp_path / "store"
+    store.mkdir()
+    result = subprocess.run(
+        ["unshare", "--mount", sys.executable, "-c", FIRST_TRAINING_ON_EVERY_FREE_SIZE,
+         TAXI_JOB, str(store), str(data)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if "mount:" in result.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == 5, result.stderr
+    for run in runs:
+        if run["code"] == 0:
+            assert run["current"] is not None, run
+        else:
+            assert (run["code"], run["current"]) == (EXIT_TRANSIENT, None), run
+            assert run["last"].startswith(f"taxi-job: error: {store}/a{run['k']}/"), run
+            assert run["last"].endswith(": No space left on device"), run
+    assert {r["code"] for r in runs} == {0, EXIT_TRANSIENT}, runs  # both sides were met
