@@ -295,8 +295,8 @@ _MAX_PAUSE_S = 5.0
 
 
 class Outage:
-    """Patience with an API server that cannot be reached (or answers 429/5xx): each failed
-    attempt pauses (0.5 s, doubling to 5 s) before the caller tries again, until the
+    """Patience with an API server that cannot be reached (or answers 429, 502-504): each
+    failed attempt pauses (0.5 s, doubling to 5 s) before the caller tries again, until the
     deadline, then raises one error saying what we were doing and for how long.
 
     The deadline is ``deadline`` (a ``clock`` time: the end of ``--timeout``) if given,

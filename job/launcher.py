@@ -319,7 +319,7 @@ def launch(
 
 
 def _create_once(batch: BatchV1Api, namespace: str, job: V1Job, outage: Outage | None) -> V1Job:
-    """POST ``job``, again after a connection that broke or a 5xx (while ``outage`` is
+    """POST ``job``, again after a connection that broke or a 502-504 (while ``outage`` is
     patient): the server may have created it before the answer was lost. The name, unique
     to this launch (a timestamp and a random suffix), is the same in every attempt, so a
     409 AlreadyExists on a retry is our own first POST: read it back rather than create a
@@ -499,10 +499,8 @@ _LOG_OVERLAP_S = 10
 def _stamped(line: str) -> tuple[tuple[str, str] | None, str]:
     """A ``timestamps`` log line as (its time, comparable; the line without it). A line
     without a time (a server that ignored the option) is (``None``, the line)."""
-    stamp, sep, rest = line.partition(" ")
+    stamp, _, rest = line.partition(" ")
     match = _STAMP.match(stamp)
-    if not sep and match is None:
-        return None, line
     if match is None:
         return None, line
     return (match.group(1), (match.group(2) or "").ljust(9, "0")), rest
