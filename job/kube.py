@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,12 @@ class ClusterUnavailableError(ClusterError):
     """The API server is unreachable, overloaded or failing: worth retrying later."""
 
     exit_code = EXIT_TRANSIENT
+
+    def __init__(self, message: str, *, away: bool = False):
+        super().__init__(message)
+        self.away = away
+        """No answer, or one saying the server is away for now (429, 502-504): a command
+        that waits tries again (:class:`Outage`). A 500 is a failure, reported at once."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,30 @@ def _server_message(exc: Any) -> str:
     return str(getattr(exc, "reason", "") or exc)
 
 
+def network_reason(exc: BaseException) -> str:
+    """Why no HTTP answer came, in a few words (``connection refused``), rather than
+    urllib3's nested repr of its connection pool."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None and seen.strerror:
+            return seen.strerror.lower()
+        match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(seen))
+        if match:
+            return match.group(1).strip().lower()
+        name = type(seen).__name__
+        if "Timeout" in name:
+            return "no answer in time"
+        if name in ("ProtocolError", "RemoteDisconnected", "IncompleteRead"):
+            return "the connection broke off"
+        if name == "SSLError":
+            return f"TLS failed: {seen}"
+        reason = getattr(seen, "reason", None)
+        seen = reason if isinstance(reason, BaseException) else seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split())
+
+
 def explain(
     exc: Exception,
     api: Any,
@@ -200,13 +231,14 @@ def explain(
     """The project error for an API failure of ``verb`` on ``resource`` (``jobs.batch``)."""
     server = server_of(api)
     status = getattr(exc, "status", None)
+    what = _what(resource, name, namespace)
     if not isinstance(status, int) or status == 0:  # urllib3: no HTTP answer at all
-        reason = getattr(exc, "reason", None) or exc
         return ClusterUnavailableError(
-            f"cannot reach the Kubernetes API server at {server}: {reason}"
+            f"cannot reach the Kubernetes API server at {server} to {verb} {what}: "
+            f"{network_reason(exc)}",
+            away=True,
         )
     message = _server_message(exc)
-    what = _what(resource, name, namespace)
     if status == 401:
         return ClusterForbiddenError(
             f"the API server at {server} rejected the credentials of {identity_of(api)} "
@@ -230,7 +262,8 @@ def explain(
         return ClusterError(f"the API server rejected {what} as invalid: {message}")
     if status == 429 or status >= 500:
         return ClusterUnavailableError(
-            f"the API server at {server} failed to {verb} {what} ({status}): {message}"
+            f"the API server at {server} failed to {verb} {what} ({status}): {message}",
+            away=status in (429, 502, 503, 504),
         )
     return ClusterError(f"cannot {verb} {what} ({status}): {message}")
 
@@ -252,3 +285,62 @@ def api_call(
         yield
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         raise explain(exc, api, verb, resource, name=name, namespace=namespace) from exc
+
+
+#: How long a waiting command keeps trying while the API server is unreachable, when no
+#: ``--timeout`` bounds it: a restart of a control plane takes a minute or two.
+DEFAULT_PATIENCE_S = 300.0
+#: The longest pause between two attempts.
+_MAX_PAUSE_S = 5.0
+
+
+class Outage:
+    """Patience with an API server that cannot be reached (or answers 429, 502-504): each
+    failed attempt pauses (0.5 s, doubling to 5 s) before the caller tries again, until the
+    deadline, then raises one error saying what we were doing and for how long.
+
+    The deadline is ``deadline`` (a ``clock`` time: the end of ``--timeout``) if given,
+    else ``patience_s`` after the first failure of this outage. A success ends the outage
+    (:meth:`over`); the next failure starts a new one."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        deadline: float | None = None,
+        patience_s: float = DEFAULT_PATIENCE_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.server, self.deadline, self.patience_s = server, deadline, patience_s
+        self.clock, self.sleep = clock, sleep
+        self.since: float | None = None
+        self.pause = 0.5
+
+    def failed(self, exc: ClusterUnavailableError, doing: str, then: str = "") -> None:
+        """Pause before the next attempt; or, past the deadline (or for a failure that is
+        not the server being away), raise ``exc`` saying that the API server stayed away
+        while ``doing`` (and ``then``, what the user can do)."""
+        if not exc.away:
+            raise exc
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+            self.pause = 0.5
+            logger.warning("%s; trying again while %s", exc, doing)
+        end = self.since + self.patience_s if self.deadline is None else self.deadline
+        if now >= end:
+            away = f"unreachable for {now - self.since:.0f}s while {doing}"
+            raise ClusterUnavailableError(f"{exc} ({away}){'; ' + then if then else ''}") from exc
+        self.sleep(min(self.pause, end - now))
+        self.pause = min(self.pause * 2, _MAX_PAUSE_S)
+
+    def over(self) -> None:
+        """The API server answered: the outage, if there was one, is over."""
+        if self.since is not None:
+            logger.warning(
+                "the API server at %s answers again after %.0fs",
+                self.server,
+                self.clock() - self.since,
+            )
+            self.since = None

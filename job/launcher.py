@@ -33,11 +33,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from job.envvars import envvar
 from job.errors import EXIT_TRANSIENT, BadInputError, TaxiJobError
-from job.kube import APPLY_HINT, ClusterError, api_call, explain
+from job.kube import (
+    APPLY_HINT,
+    ClusterError,
+    ClusterUnavailableError,
+    Outage,
+    api_call,
+    explain,
+    server_of,
+)
 from job.runs import (
     COMPONENT_LABEL,
     INSTANTIATE_ANNOTATION,
@@ -76,6 +84,7 @@ GUARDED = frozenset({"train"})
 DEFAULT_TTL = 7 * 24 * 3600
 
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+T = TypeVar("T")
 _SUFFIX = string.ascii_lowercase + string.digits
 
 
@@ -277,15 +286,18 @@ def launch(
     args: Sequence[str] | None = None,
     ttl: int = DEFAULT_TTL,
     prefix: str | None = None,
+    outage: Outage | None = None,
 ) -> V1Job:
     """Create a Job from the CronJob of ``command`` (:func:`find_cronjob`, ``prefix``
     choosing among copies), running ``args`` instead of the template's if given, removed
     ``ttl`` seconds after it finishes. While a Job of that CronJob is active, refuse a
     guarded command (``train``) unless ``allow_overlap``; otherwise log a warning naming
-    the active Jobs. Returns the created Job."""
-    cronjob = find_cronjob(batch, namespace, command, prefix)
+    the active Jobs. While the API server is unreachable, try again as long as ``outage``
+    allows (never creating a second Job). Returns the created Job."""
+    doing = f"starting {command}"
+    cronjob = _patiently(outage, doing, lambda: find_cronjob(batch, namespace, command, prefix))
     source = name_of(cronjob)
-    active = active_runs(batch, namespace, source)
+    active = _patiently(outage, doing, lambda: active_runs(batch, namespace, source))
     if active and command in GUARDED and not allow_overlap:
         raise OverlapError(
             f"refusing to start {source}: {describe_active(active)} still active; "
@@ -295,16 +307,58 @@ def launch(
         logger.warning("starting %s while %s still active", source, describe_active(active))
     job = build_job(
         cronjob,
-        name=name or job_name(source),
+        name=name or job_name(source),  # fixed before the first POST: a retry re-sends it
         settings=settings,
         launched_by=launched_by,
         args=args,
         ttl=ttl,
     )
-    with api_call(batch, "create", "jobs.batch", name=name_of(job), namespace=namespace):
-        created = batch.create_namespaced_job(namespace, job)
+    created = _create_once(batch, namespace, job, outage)
     logger.info("created job.batch/%s in namespace %s", name_of(created), namespace)
     return created
+
+
+def _create_once(batch: BatchV1Api, namespace: str, job: V1Job, outage: Outage | None) -> V1Job:
+    """POST ``job``, again after a connection that broke or a 502-504 (while ``outage`` is
+    patient): the server may have created it before the answer was lost. The name, unique
+    to this launch (a timestamp and a random suffix), is the same in every attempt, so a
+    409 AlreadyExists on a retry is our own first POST: read it back rather than create a
+    second Job."""
+    from kubernetes.client.exceptions import ApiException
+
+    name = name_of(job)
+    attempts = 0
+
+    def create() -> V1Job:
+        nonlocal attempts
+        attempts += 1
+        try:
+            with api_call(batch, "create", "jobs.batch", name=name, namespace=namespace):
+                return batch.create_namespaced_job(namespace, job)
+        except ClusterError as exc:
+            cause = exc.__cause__
+            if attempts > 1 and isinstance(cause, ApiException) and cause.status == 409:
+                logger.info("job.batch/%s was created by an earlier attempt", name)
+                return _read_job(batch, namespace, name)
+            raise
+
+    return _patiently(outage, f"creating job {name}", create)
+
+
+def _patiently(outage: Outage | None, doing: str, call: Callable[[], T]) -> T:
+    """``call()``, again while the API server is unreachable and ``outage`` is patient
+    (``None``: not at all)."""
+    while True:
+        try:
+            result = call()
+        except ClusterUnavailableError as exc:
+            if outage is None:
+                raise
+            outage.failed(exc, doing)
+            continue
+        if outage is not None:
+            outage.over()
+        return result
 
 
 @dataclass(frozen=True)
@@ -404,14 +458,22 @@ def follow_log(
     pod: str,
     on_line: Callable[[str], None],
     container: str | None = None,
+    *,
+    timestamps: bool = False,
+    since_seconds: int | None = None,
 ) -> None:
-    """Stream the container's log to ``on_line`` until the container ends."""
+    """Stream the container's log to ``on_line`` until the container ends (each line
+    prefixed with the kubelet's RFC 3339 time if ``timestamps``; only the last
+    ``since_seconds`` if given)."""
+    extra: dict[str, Any] = {"timestamps": True} if timestamps else {}
+    if since_seconds is not None:
+        extra["since_seconds"] = since_seconds
     with api_call(core, "get", "pods/log", name=pod, namespace=namespace):
         # Not preloaded, the client returns the HTTP response (its annotation says str).
         resp = cast(
             "urllib3.BaseHTTPResponse",
             core.read_namespaced_pod_log(
-                pod, namespace, container=container, follow=True, _preload_content=False
+                pod, namespace, container=container, follow=True, _preload_content=False, **extra
             ),
         )
     try:
@@ -427,13 +489,41 @@ def follow_log(
         resp.release_conn()
 
 
-class _LogFollowers:
-    """One thread a pod, started once its container runs, so logs flow while we watch."""
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z$")
+#: Seconds of log asked for again when a stream is resumed, beyond the time since its last
+#: line (the kubelet counts ``sinceSeconds`` on its own clock): the overlap is dropped by
+#: the lines' times.
+_LOG_OVERLAP_S = 10
 
-    def __init__(self, core: CoreV1Api, namespace: str, on_line: Callable[[str], None]):
+
+def _stamped(line: str) -> tuple[tuple[str, str] | None, str]:
+    """A ``timestamps`` log line as (its time, comparable; the line without it). A line
+    without a time (a server that ignored the option) is (``None``, the line)."""
+    stamp, _, rest = line.partition(" ")
+    match = _STAMP.match(stamp)
+    if match is None:
+        return None, line
+    return (match.group(1), (match.group(2) or "").ljust(9, "0")), rest
+
+
+class _LogFollowers:
+    """One thread a pod, started once its container runs, so logs flow while we watch. A
+    stream that breaks (the API server away) is resumed where it stopped: the lines carry
+    the kubelet's times, the resumed stream starts a little before the last line seen, and
+    the lines up to that one are dropped, so that each line is shown once."""
+
+    def __init__(
+        self,
+        core: CoreV1Api,
+        namespace: str,
+        on_line: Callable[[str], None],
+        pause: float = 1.0,
+    ):
         self.core, self.namespace, self.on_line = core, namespace, on_line
+        self.pause = pause
         self.threads: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()  # one pod's lines at a time
+        self.stopped = threading.Event()
 
     def update(self, pods: Iterable[V1Pod]) -> None:
         for pod in pods:
@@ -450,21 +540,59 @@ class _LogFollowers:
                 thread.start()
 
     def _follow(self, pod: str, container: str | None) -> None:
-        def locked(line: str) -> None:
-            with self.lock:
-                self.on_line(line)
+        import urllib3
 
-        try:
-            follow_log(self.core, self.namespace, pod, locked, container)
-        except TaxiJobError as exc:  # logs are a courtesy: the Job's result still counts
-            logger.warning("cannot follow the log of pod %s: %s", pod, exc)
-        except Exception as exc:  # noqa: BLE001 - a broken stream must not end the wait
-            logger.warning("the log of pod %s broke off: %r", pod, exc)
+        last: tuple[str, str] | None = None  # the time of the newest line shown
+        last_at = 0.0  # when it came (monotonic)
+        resuming = False
+
+        def shown(line: str) -> None:
+            nonlocal last, last_at
+            stamp, text = _stamped(line)
+            if resuming and stamp is not None and last is not None and stamp <= last:
+                return  # shown before the stream broke
+            if stamp is not None:
+                last, last_at = stamp, time.monotonic()
+            with self.lock:
+                self.on_line(text)
+
+        while True:
+            since = None
+            if resuming and last is not None:
+                since = math.ceil(time.monotonic() - last_at) + _LOG_OVERLAP_S
+            try:
+                follow_log(
+                    self.core,
+                    self.namespace,
+                    pod,
+                    shown,
+                    container,
+                    timestamps=True,
+                    since_seconds=since,
+                )
+                return  # the stream ended: so did the container
+            except (ClusterUnavailableError, urllib3.exceptions.HTTPError) as exc:
+                # Unreachable, or the stream broke: the wait reports the outage; the log
+                # resumes when the API server is back, until the wait ends.
+                logger.debug("the log of pod %s broke off (%s); resuming", pod, exc)
+            except TaxiJobError as exc:  # logs are a courtesy: the Job's result still counts
+                logger.warning("cannot follow the log of pod %s: %s", pod, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a broken stream must not end the wait
+                logger.warning("the log of pod %s broke off: %r", pod, exc)
+                return
+            resuming = True
+            if self.stopped.wait(self.pause):
+                return
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self.threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """No more resuming: the wait is over."""
+        self.stopped.set()
 
 
 def wait(
@@ -478,38 +606,65 @@ def wait(
     on_log: Callable[[str], None] | None = None,
     tick: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
+    outage: Outage | None = None,
 ) -> RunResult:
     """Watch the Job ``name`` until it succeeds or fails (or ``timeout`` seconds pass);
     report progress at each change and every ``tick`` seconds, follow its pods' logs with
     ``on_log``. A watch that expires (410 Gone) is resumed from a fresh read.
 
-    Raises :class:`RunFailedError` if the Job fails or is deleted, and
-    :class:`WaitTimeoutError` on timeout; returns the result when it succeeds."""
+    While the API server is unreachable, try again (``outage``; by default until the
+    ``timeout``, else :data:`job.kube.DEFAULT_PATIENCE_S` into an outage): the watch
+    resumes from the last version seen, the logs from their last line.
+
+    Raises :class:`RunFailedError` if the Job fails or is deleted,
+    :class:`WaitTimeoutError` on timeout, and :class:`job.kube.ClusterUnavailableError`
+    if the API server stayed away past the deadline; returns the result when it
+    succeeds."""
     started = clock()
+    if outage is None:
+        deadline = None if timeout is None else started + timeout
+        outage = Outage(server_of(batch), deadline=deadline, clock=clock)
+    doing = f"waiting for job {name}"
+    then = f"the Job keeps running (taxi-job runs -n {namespace}, or kubectl get job {name})"
     followers = _LogFollowers(core, namespace, on_log) if on_log is not None else None
-    job = _read_job(batch, namespace, name)
+    job: V1Job | None = None
     shown: str | None = None
-    while True:
-        state = job_state(job)
-        pods = list_job_pods(core, namespace, name)
+    try:
+        while True:
+            try:
+                if job is None:
+                    job = _read_job(batch, namespace, name)
+                pods = list_job_pods(core, namespace, name)
+            except ClusterUnavailableError as exc:
+                outage.failed(exc, doing, then)
+                continue
+            outage.over()
+            state = job_state(job)
+            if followers is not None:
+                followers.update(pods)
+            shown = progress_state(state.state, pods, shown)
+            if on_progress is not None:
+                pod = pod_phase(pods[-1]) if pods else None
+                on_progress(Progress(name, shown, pod, clock() - started))
+            if state.finished:
+                break
+            remaining = None if timeout is None else timeout - (clock() - started)
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(
+                    f"job {name} is still {shown} after {timeout:g}s; it keeps running "
+                    f"(taxi-job runs, or kubectl -n {namespace} get job {name})"
+                )
+            window = tick if remaining is None else min(tick, remaining)
+            try:
+                # From the last version seen, also after an outage (410: a fresh read).
+                job = _next_change(batch, namespace, name, job, window)
+            except ClusterUnavailableError as exc:
+                outage.failed(exc, doing, then)
         if followers is not None:
-            followers.update(pods)
-        shown = progress_state(state.state, pods, shown)
-        if on_progress is not None:
-            pod = pod_phase(pods[-1]) if pods else None
-            on_progress(Progress(name, shown, pod, clock() - started))
-        if state.finished:
-            break
-        remaining = None if timeout is None else timeout - (clock() - started)
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeoutError(
-                f"job {name} is still {shown} after {timeout:g}s; it keeps running "
-                f"(taxi-job runs, or kubectl -n {namespace} get job {name})"
-            )
-        window = tick if remaining is None else min(tick, remaining)
-        job = _next_change(batch, namespace, name, job, window)
-    if followers is not None:
-        followers.join(timeout=10.0)
+            followers.join(timeout=10.0)
+    finally:
+        if followers is not None:
+            followers.stop()
     return _result(job, state, pods, clock() - started)
 
 

@@ -109,7 +109,8 @@ def test_a_slow_run_keeps_its_claim_past_the_lease_and_a_rollback_cannot_mix_mod
     assert version_of(root / "predictions" / data.parent.name / data.name) == new
     third = infer(root, data)  # the current model is old now: predicted again
     assert third["inputs_predicted"] == 1
-    assert version_of(root / "predictions" / data.parent.name / data.name) == old == artifacts.current_version(root)
+    output = root / "predictions" / data.parent.name / data.name
+    assert version_of(output) == old == artifacts.current_version(root)
     assert not claim.exists()
 
 

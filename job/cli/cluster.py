@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -263,6 +264,8 @@ def launch(
     cluster = kube.connect(kubeconfig, context)
     if command == "models":  # who promoted, for the promotion history
         overrides.setdefault("TAXI_JOB_BY", cluster.identity)
+    # The API server away while starting: try again until --timeout (or a few minutes).
+    deadline = None if timeout is None else time.monotonic() + timeout
     job = launcher.launch(
         cluster.batch,
         namespace,
@@ -273,6 +276,7 @@ def launch(
         args=job_args,
         ttl=ttl,
         prefix=prefix,
+        outage=kube.Outage(cluster.server, deadline=deadline),
     )
     name = name_of(job)
     summary: dict[str, Any] = {"job": name, "namespace": namespace, "command": command}

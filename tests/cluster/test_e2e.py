@@ -268,7 +268,9 @@ def test_overlap_guard_then_the_lock_makes_the_second_training_retry(quiet: Depl
     pods = quiet.pods_of(second)
     assert exit_codes(pods, "train")[0] == EXIT_TRANSIENT
     assert exit_codes(pods, "train")[-1] == 0
-    assert "for a training since" in quiet.kubectl("logs", pods[0]["metadata"]["name"]).stdout
+    # the refusal names who holds the lock (here the suite's note in the lock file)
+    refusal = quiet.kubectl("logs", pods[0]["metadata"]["name"]).stdout
+    assert ".train.lock: held by the end-to-end suite; a training cannot run" in refusal
     versions = {termination_summary(quiet.pods_of(n)[-1], "train")["model_version"] for n in done}
     assert len(versions) == 2
     assert quiet.current_model() in versions
@@ -297,7 +299,11 @@ def test_bad_input_fails_the_job_at_once_and_runs_names_the_file(quiet: Deployme
     )
     good = "yellow_tripdata_2021-05.parquet"
     try:
-        result = quiet.taxi_job("launch", "infer", "--wait", "--timeout", "300")
+        # --set settle-seconds=0: the file arrived by rename, whole; the scheduled run
+        # (the ConfigMap's 30 s for files still being copied in) would reject it a run later.
+        result = quiet.taxi_job(
+            "launch", "infer", "--wait", "--timeout", "300", "--set", "settle-seconds=0"
+        )
         assert result.returncode == EXIT_RUN_FAILED, result.stdout + result.stderr
         name = launched_name(result.stdout)
         failed_at_once(quiet, name)

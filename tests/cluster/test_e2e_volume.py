@@ -74,6 +74,9 @@ def infer_job(ns: str, name: str, args: list[str] | None = None,
     infer = json.loads(kubectl("-n", ns, "get", "cronjob", "infer", "-o", "json"))
     spec = infer["spec"]["jobTemplate"]["spec"]
     (container,) = spec["template"]["spec"]["containers"]
+    # The bad file arrives by rename, whole: judged at once rather than after the
+    # ConfigMap's settle time (30 s) for files that may still be being copied in.
+    container.setdefault("env", []).append({"name": "TAXI_JOB_SETTLE_SECONDS", "value": "0"})
     if args is not None:
         container["args"] = args
     if command is not None:
