@@ -6,7 +6,7 @@ k+1), and ``inputs_waiting`` falling run after run to 0, in each run's terminati
 message and in ``taxi-job runs``.
 
 Why 2,000 files and a 6-second budget, not 10,000 files: an infer pod here predicts
-12 to 140 small files a second (one CPU, on a 2-core machine shared with the rest of the
+12 to 160 small files a second (one CPU, on a 2-core machine shared with the rest of the
 suite and more), so 10,000 files take 1 to 14 minutes of predicting alone, over what this
 suite gives one test under load (3,000 files with a 10-second budget took 4.4 minutes at a
 load average of 11). 2,000 files with a small budget take the same drain over several
