@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ def training_lock(
                         f"(waited {timeout_s:.0f} s: retry later, or raise --lock-timeout)"
                     ) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
+        with writing("the training lock", path):  # a full volume has no room for the note
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder()} for {purpose} since {now_utc()}".encode(), 0)
         sweep(root, locked=True)  # what killed runs left; a holder may sweep them all
         yield
     finally:
@@ -116,13 +118,19 @@ def publish(
         models = root / MODELS
         models.mkdir(parents=True, exist_ok=True)
         tmp = temporary_dir(models / version)
-        for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
-            with open(tmp / name, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, models / version)
+        try:
+            for name, content in ((MODEL_FILE, data), (SUMS_FILE, sums)):
+                with open(tmp / name, "wb") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            fsync_dir(tmp)
+            os.rename(tmp, models / version)
+        except BaseException:
+            # A full volume fails here: the half version must not keep the space it took
+            # (nor wait for the next training's sweep) while the volume is still full.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fsync_dir(models)
     if make_current:
         set_current(root, version)
@@ -132,7 +140,7 @@ def publish(
 
 def set_current(root: Path, version: str) -> None:
     """Point ``CURRENT`` at ``version`` atomically. Call it while holding the lock."""
-    with writing("CURRENT"):
+    with writing("CURRENT", root / CURRENT):
         write_atomic(root / CURRENT, (version + "\n").encode())
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from job import artifacts, volume
-from job.errors import BadInputError, ModelUnavailableError
+from job.errors import BadInputError, ModelUnavailableError, TransientError
 from job.model import Model, PairStats, rmse
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,13 @@ def make_current(
         "by": by,
         **scores,
     }
-    _append_history(root, entry)
+    try:
+        _append_history(root, entry)
+    except TransientError as exc:
+        # CURRENT has changed: failing now would report a run whose model infer already
+        # uses as failed, and its Job would train and publish again. The history only
+        # describes CURRENT; a full volume loses one line of it, loudly.
+        logger.warning("%s is current, but not in the history: %s", version, exc)
     logger.info(
         "%s is current (was %s; %s)",
         version,

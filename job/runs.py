@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from job.errors import EXIT_BAD_INPUT, EXIT_NO_MODEL, EXIT_TRANSIENT, EXIT_UNEXPECTED
 from job.kube import api_call
 
 if TYPE_CHECKING:
@@ -328,7 +329,7 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
         waited = f" (shard {summary.get('shard')} waited for {missing})" if missing else ""
         return f"no shard reduced: nothing published{waited}"
     if "error" in summary and not summary.get("inputs_rejected"):
-        return f"error: {summary['error']}"
+        return f"{_exit_words(summary.get('exit_code'))}: {summary['error']}"
     if command == "train" and "model_version" in summary:
         text = f"model {summary['model_version']}"
         if "rmse_eval" in summary:
@@ -369,6 +370,23 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
     if "message" in summary:
         return str(summary["message"])
     return json.dumps(summary, default=str)[:120]
+
+
+#: What a run's exit code tells the one who reads the history (job.errors).
+EXIT_WORDS = {
+    EXIT_UNEXPECTED: "unexpected error",
+    EXIT_BAD_INPUT: "bad input",
+    EXIT_NO_MODEL: "no usable model",
+    EXIT_TRANSIENT: "transient error, a later run retries",
+}
+
+
+def _exit_words(code: Any) -> str:
+    """``error (exit 75, transient error, a later run retries)``; ``error`` without a code."""
+    if not isinstance(code, int):
+        return "error"
+    words = EXIT_WORDS.get(code)
+    return f"error (exit {code}, {words})" if words else f"error (exit {code})"
 
 
 def _describe_models(summary: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -79,24 +80,37 @@ def writing(what: str, where: Path | None = None) -> Iterator[None]:
     our temporaries; ``where`` when the error names no file (arrow's do not)."""
     try:
         yield
-    except PermissionError as exc:
-        raise BadInputError(
-            f"{_where(exc, where)}permission denied: cannot write {what} "
-            "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
-        ) from exc
     except OSError as exc:
-        if exc.errno in _NEVER_PASSES:
+        code, reason = system_error(exc)
+        if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
             raise BadInputError(
-                f"{_where(exc, where)}cannot write {what}: {exc.strerror} "
+                f"{_where(exc, where)}permission denied: cannot write {what} "
+                "(is the volume writable by this user? on Kubernetes: the pod's fsGroup)"
+            ) from exc
+        if code in _NEVER_PASSES:
+            raise BadInputError(
+                f"{_where(exc, where)}cannot write {what}: {reason} "
                 "(a wrong path, or a volume mounted read-only: a retry cannot help)"
             ) from exc
-        raise TransientError(
-            f"{_where(exc, where)}cannot write {what}: {exc.strerror or exc}"
-        ) from exc
+        raise TransientError(f"{_where(exc, where)}cannot write {what}: {reason}") from exc
 
 
 #: Write errors of the path or the mount, not of the moment: exit 2 like permission denied.
 _NEVER_PASSES = (errno.ENOTDIR, errno.EROFS)
+#: How arrow names the system's error in the message of its own ``OSError`` ("Error
+#: writing bytes to file. Detail: [errno 28] No space left on device"); some of them
+#: leave the errno unset.
+_ARROW_ERRNO = re.compile(r"\[errno (\d+)\] ([^\n]+)")
+
+
+def system_error(exc: OSError) -> tuple[int | None, str]:
+    """The errno of ``exc`` and the system's words for it (``28``, ``No space left on
+    device``), also from an error of arrow's."""
+    words = exc.strerror or str(exc)
+    found = _ARROW_ERRNO.search(words)
+    if found is None:
+        return exc.errno, words
+    return exc.errno or int(found[1]), found[2].strip()
 
 
 def _where(exc: OSError, where: Path | None) -> str:

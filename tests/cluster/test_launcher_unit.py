@@ -199,6 +199,13 @@ def test_termination_summary_tolerates_a_log_tail() -> None:
      "2 inputs, 0 rows, 1 skipped"),
     ("models", {"versions": [{"version": "v", "status": "current"}]}, "1 version, current v"),
     ("models", {"pruned": ["a", "b"], "kept": ["c"]}, "pruned 2 versions"),
+    ("train", {"error": "/v/models: cannot write model version v: No space left on device",
+               "exit_code": 75},
+     "error (exit 75, transient error, a later run retries): /v/models: cannot write model "
+     "version v: No space left on device"),
+    ("infer", {"error": "/v/x.parquet: not a parquet file", "exit_code": 2},
+     "error (exit 2, bad input): /v/x.parquet: not a parquet file"),
+    ("infer", {"message": "Traceback ...", "error": "boom"}, "error: boom"),
 ])  # fmt: skip
 def test_run_summaries_count_in_words(command: str, summary: dict[str, Any], text: str) -> None:
     assert runs.describe_summary(command, summary) == text
