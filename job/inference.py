@@ -234,22 +234,26 @@ def infer(config: InferConfig) -> dict[str, Any]:
     out_dir = config.predictions or config.artifacts / PREDICTIONS
     sources = reading.resolve(config.input, allow_empty=True)
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]
-    outputs = [predicted.output_path(out_dir, s) for s in sources]
-    if len(set(outputs)) < len(outputs):
-        clash = next(o for o in outputs if outputs.count(o) > 1)
-        raise BadInputError(f"{config.input}: several inputs would be predicted into {clash}")
-    indexes: dict[Path, predicted.Index] = {}
+    keys = [predicted.output_key(s) for s in sources]
+    if len(set(keys)) < len(keys):
+        clash = next(k for k in keys if keys.count(k) > 1)
+        raise BadInputError(
+            f"{config.input}: several inputs would be predicted into {out_dir.joinpath(*clash)}"
+        )
+    folders = {queue: out_dir / queue for queue in sorted({queue for queue, _ in keys})}
+    indexes: dict[str, predicted.Index] = {}
     with volume.writing("predictions", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         volume.sweep(config.artifacts, out_dir)
-        for folder in sorted({o.parent for o in outputs}):
+        for queue, folder in folders.items():
             if folder.is_dir():  # made by the first input predicted into it
                 volume.sweep(config.artifacts, folder)
-            indexes[folder] = predicted.Index(folder, artifact.version)
+            indexes[queue] = predicted.Index(folder, artifact.version)
     done: list[tuple[Path, Outcome, reading.Source]] = []
     todo: list[tuple[Path, reading.Source]] = []
-    for source, output in zip(sources, outputs, strict=True):
-        if not config.force and indexes[output.parent].done(source):
+    for source, (queue, name) in zip(sources, keys, strict=True):
+        output = folders[queue] / name
+        if not config.force and indexes[queue].done(source):
             done.append((output, Outcome("skipped"), source))
         else:
             todo.append((output, source))
@@ -266,7 +270,7 @@ def infer(config: InferConfig) -> dict[str, Any]:
                 attempted += 1
                 outcome = _infer_one(source, artifact, output, config.force, config.settle_s)
                 if outcome.fingerprint is not None:
-                    indexes[output.parent].record(source, outcome.fingerprint, output)
+                    indexes[output.parent.name].record(source, outcome.fingerprint, output)
             done.append((output, outcome, source))
             if time.perf_counter() - flushed > INDEX_FLUSH_S:
                 # A run killed at its deadline keeps most of what it recorded.

@@ -45,10 +45,13 @@ META_INPUT = b"taxi_job.input"
 STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
 
 
-def output_path(out_dir: Path, source: reading.Source) -> Path:
-    """``<out_dir>/<the input's folder name>/<the input's name>``."""
-    queue = posixpath.basename(posixpath.dirname(source.path)) or "_"
-    return out_dir / queue / source.name
+def output_key(source: reading.Source) -> tuple[str, str]:
+    """The input's queue (its folder's name) and file name: its output is
+    ``<predictions>/<queue>/<name>``. Strings, not a path: a run lists every input ever
+    predicted, and making and hashing a ``Path`` for each was half of a run with nothing
+    new."""
+    folder, name = posixpath.split(source.path)
+    return posixpath.basename(folder) or "_", name
 
 
 def recorded_input(output: Path) -> dict[str, Any] | None:
