@@ -230,7 +230,9 @@ def infer(config: InferConfig) -> dict[str, Any]:
     except NoModelYetError as exc:
         # A fresh install: the schedule starts before the first training. Not a failure.
         logger.warning("%s; nothing predicted until then", exc)
-        return _infer_summary(None, [], started, {})
+        # The folder looked in, also in `taxi-job runs`: a mistyped --artifacts or a wrong
+        # claim otherwise looks like a fresh install forever.
+        return {**_infer_summary(None, [], started, {}), "artifacts": str(config.artifacts)}
     out_dir = config.predictions or config.artifacts / PREDICTIONS
     sources = reading.resolve(config.input, allow_empty=True)
     sources = [s for s in sources if shards.owner(s.name, config.shards) == config.shard_index]

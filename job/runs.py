@@ -343,7 +343,8 @@ def describe_summary(command: str, summary: Mapping[str, Any]) -> str:
             )
         return text
     if command == "infer" and summary.get("waiting_for_model"):
-        return "no model yet: waiting for the first training"
+        where = f" in {summary['artifacts']}" if summary.get("artifacts") else ""
+        return f"no model yet{where}: waiting for the first training"
     if command == "infer" and "inputs_predicted" in summary:
         text = _count(summary["inputs_predicted"], "input")
         text += f", {_count(summary.get('rows_predicted', '?'), 'row')}"

@@ -233,7 +233,10 @@ def test_infer_before_any_model_waits_quietly(tmp_path: Path):
     warning = result.stderr.strip().splitlines()[-1]
     assert "no model yet" in warning and "taxi-job train" in warning
     assert not (tmp_path / "artifacts").exists()  # nothing written on a fresh volume
-    assert describe_summary("infer", summary) == "no model yet: waiting for the first training"
+    assert summary["artifacts"] == str(tmp_path / "artifacts")
+    assert describe_summary("infer", summary) == (
+        f"no model yet in {tmp_path / 'artifacts'}: waiting for the first training"
+    )
 
 
 def test_infer_with_a_tampered_model(tmp_path: Path):

@@ -139,13 +139,12 @@ def test_a_run_whose_claim_was_taken_over_publishes_nothing(store, monkeypatch):
     assert sorted(p.name for p in queue.iterdir() if p.name != predicted.INDEX) == [data.name]
 
 
-def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
-    """Run X finds a stale claim and moves it aside, but in between run Y broke it and took
-    a new one (so X moved Y's claim), and right after X's move run Z took the free name.
-    X hands Y's claim back only if the name is free: Z stays the one holder, Y finds out
-    before publishing. (A rename back would have overwritten Z's claim: Y and Z both
-    holding it.)"""
-    target = tmp_path / "a.parquet"
+def x_moves_a_fresh_claim_aside(
+    target: Path, monkeypatch: pytest.MonkeyPatch, *, z_takes_the_name: bool
+) -> dict[str, volume.Claim | None]:
+    """Run X finds a stale claim at ``target`` and moves it aside, but in between run Y
+    broke it and took a new one (so X moved Y's claim); if ``z_takes_the_name``, run Z
+    takes the free name right after X's move. The claims of X, Y and Z."""
     volume.try_claim(target, LEASE)
     stale = time.time() - 60
     os.utime(volume.claim_path(target), (stale, stale))
@@ -158,19 +157,45 @@ def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
         runs["y"] = None  # not again for Y's own breaking
         runs["y"] = volume.try_claim(target, LEASE)  # Y breaks the stale claim first
         rename(src, dst)  # X moves what is there now: Y's claim
-        runs["z"] = volume.try_claim(target, LEASE)  # Z finds the name free
+        if z_takes_the_name:
+            runs["z"] = volume.try_claim(target, LEASE)  # Z finds the name free
         return None
 
     monkeypatch.setattr(os, "rename", interleaved)
-    x = volume.try_claim(target, LEASE)
+    runs["x"] = volume.try_claim(target, LEASE)
     monkeypatch.undo()
-    y, z = runs["y"], runs["z"]
+    return runs
+
+
+def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
+    """X hands Y's claim back only if the name is free: Z stays the one holder, Y finds
+    out before publishing. (A rename back would have overwritten Z's claim: Y and Z both
+    holding it.)"""
+    target = tmp_path / "a.parquet"
+    runs = x_moves_a_fresh_claim_aside(target, monkeypatch, z_takes_the_name=True)
+    x, y, z = runs["x"], runs["y"], runs["z"]
     assert x is None and y is not None and z is not None
     assert volume.claim_path(target).read_bytes() == z.content
     assert (y.held(), z.held()) == (False, True)
     with pytest.raises(volume.ClaimLostError, match="claim is not its own any more"):
         y.check("predictions")
     z.check("predictions")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
+
+
+def test_a_fresh_claim_moved_aside_by_mistake_is_handed_back(tmp_path, monkeypatch):
+    """Nobody takes the name after X's move: X hands Y's claim back, Y is still the holder
+    and publishes, and a fourth run finds the input busy. (Without the hand-back Y's claim
+    would be gone: Y could not publish the input it is predicting, and any run could take
+    it meanwhile.)"""
+    target = tmp_path / "a.parquet"
+    runs = x_moves_a_fresh_claim_aside(target, monkeypatch, z_takes_the_name=False)
+    x, y = runs["x"], runs["y"]
+    assert x is None and y is not None
+    assert volume.claim_path(target).read_bytes() == y.content
+    assert y.held()
+    y.check("predictions")
+    assert volume.try_claim(target, LEASE) is None  # a fourth run: busy
     assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
 
 

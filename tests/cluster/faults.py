@@ -10,11 +10,13 @@ are the node's.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +125,7 @@ def restart_node(namespace: str) -> float:
     """Restart the node's kubelet and containerd, ``namespace``'s pods dying with them;
     the time when the node is back (wall clock). Whatever fails, the node is started
     again (`up`) before this returns or raises."""
-    if os.geteuid() != 0 or not (K8S_LOCAL / "up").exists():
-        message = f"restarting the node needs root and k8s-local at {K8S_LOCAL}"
-        if require_tools():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    need_k8s_local("restarting the node")
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -141,6 +139,50 @@ def restart_node(namespace: str) -> float:
     assert done.returncode == 0, done.stdout + done.stderr + up.stdout + up.stderr
     assert "killed: 0 " not in done.stdout, done.stdout  # our pods were running
     return time.time()
+
+
+#: Stop the cluster's kube-apiserver as k8s-local's `down` stops a process (its pid file
+#: says which; TERM to its process group, KILL after 15 s). `up` starts it again.
+STOP_API_SERVER = r"""
+set -uo pipefail
+HERE=$1
+. "$HERE/lib/common.sh"
+if ! p=$(pid_of kube-apiserver) || ! alive kube-apiserver; then
+  echo "kube-apiserver is not running" >&2; exit 1
+fi
+kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"
+for ((i = 0; i < 150; i++)); do proc_running "$p" || exit 0; sleep 0.1; done
+kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p"
+"""
+
+
+def need_k8s_local(doing: str) -> None:
+    """Fail (in CI) or skip unless this process can disturb k8s-local's processes."""
+    if os.geteuid() != 0 or not (K8S_LOCAL / "up").exists():
+        message = f"{doing} needs root and k8s-local at {K8S_LOCAL}"
+        if require_tools():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@contextlib.contextmanager
+def api_server_stopped() -> Iterator[None]:
+    """The cluster's real API server stopped for the block (every client's connections
+    cut, new ones refused; the kubelet runs its pods on, the controllers wait), then
+    started again by `up`, which returns once it serves and the node is Ready. It is
+    started again whatever happens in the block: the cluster is shared."""
+    need_k8s_local("stopping the API server")
+    stop = subprocess.run(
+        ["bash", "-c", STOP_API_SERVER, "stop", str(K8S_LOCAL)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        yield
+    finally:
+        up = subprocess.run([str(K8S_LOCAL / "up")], capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
 
 
 def job_from(

@@ -1,8 +1,11 @@
 """The API server away while `taxi-job launch train --wait --logs` follows a real Job, and
 while `taxi-job runs` is called, on the real cluster.
 
-Why a proxy stands for the stopped API server: the cluster is shared by the whole suite
-(and by other people's runs), so stopping its API server would fail everyone else's tests.
+Two kinds of outage. The fault test (marker ``faults``, in CI's phase of its own) stops
+k8s-local's real kube-apiserver process and starts it again. The others run beside the
+whole cluster suite, where stopping the API server would fail everyone else's tests: a
+proxy stands for it there.
+
 What the launcher sees of a stopped API server is what this proxy does when stopped: its
 live connections (the Job watch, the pods' log streams) are cut and new ones are refused
 (connection refused), until it starts again on the same address. Between, the Job runs on:
@@ -49,6 +52,7 @@ from e2e import (
     small_requests,
     write_overlay,
 )
+from faults import api_server_stopped
 from kfake import CRONJOBS, JOBS, NS, FakeCluster, FakeController, make_cronjob
 
 from job import launcher
@@ -236,34 +240,18 @@ def manual_jobs(namespace: str) -> list[dict[str, object]]:
     return list(jobs["items"])
 
 
-@on_the_cluster
-def test_launch_wait_logs_survives_the_api_server_away(
-    namespace: str, proxy: Proxy, tmp_path: Path
-) -> None:
-    config = proxied_kubeconfig(tmp_path / "kubeconfig", proxy.port)
-    before = {j["metadata"]["name"] for j in manual_jobs(namespace)}  # type: ignore[index]
-    run = Launcher(config, namespace, "launch", "train", "--wait", "--logs", "--timeout", "600")
-    run.wait_for_stderr(": running", timeout=300)
-    proxy.stop()
-    away = time.monotonic()
-    # `runs` while the API server is away: it does not wait for it, it says so (exit 75).
-    runs = subprocess.run(
-        [TAXI_JOB, "runs", "--kubeconfig", str(config), "-n", namespace],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - away)))
-    proxy.start()
-    code = run.finish(timeout=600)
-    stderr = "".join(run.stderr)
-    print(f"launch: exit {code} after {run.elapsed:.0f}s; stderr:\n{stderr}\nstdout:\n{run.stdout}")
-    print(f"runs during the outage: exit {runs.returncode}: {runs.stderr}")
-
+def assert_runs_said_the_server_is_away(runs: subprocess.CompletedProcess[str], server: str):
+    """`taxi-job runs` during the outage: one line naming the server, exit 75."""
     assert runs.returncode == 75, runs.stderr
     (line,) = runs.stderr.strip().splitlines()
-    assert f"127.0.0.1:{proxy.port}" in line and "list jobs.batch" in line, line
+    assert server in line and "list jobs.batch" in line, line
     assert "connection refused" in line.lower(), line
     assert "Traceback" not in runs.stderr
 
+
+def assert_followed_through(run: Launcher, code: int, namespace: str, before: set[str]):
+    """`launch train --wait --logs` across the outage: one Job made, its real outcome."""
+    stderr = "".join(run.stderr)
     assert "Traceback" not in stderr
     assert code == 0, stderr
     mine = [j for j in manual_jobs(namespace) if j["metadata"]["name"] not in before]  # type: ignore[index]
@@ -279,6 +267,50 @@ def test_launch_wait_logs_survives_the_api_server_away(
     assert len(published) == 1 and version in published[0], run.stdout
     assert len(set(run.stdout.splitlines())) == len(run.stdout.splitlines()), run.stdout
     assert "answers again after" in stderr  # the outage was noticed and said, not hidden
+
+
+def train_through_an_outage(
+    config: Path, namespace: str, outage: contextlib.AbstractContextManager[None]
+) -> tuple[Launcher, int, subprocess.CompletedProcess[str], set[str]]:
+    """`launch train --wait --logs` followed through ``outage`` (~OUTAGE_S) once its pod
+    runs, and `taxi-job runs` called during it: the launcher, its exit code, the `runs`
+    process, and the manual Jobs there were before."""
+    before = {j["metadata"]["name"] for j in manual_jobs(namespace)}  # type: ignore[index]
+    run = Launcher(config, namespace, "launch", "train", "--wait", "--logs", "--timeout", "600")
+    run.wait_for_stderr(": running", timeout=300)
+    with outage:
+        away = time.monotonic()
+        # `runs` while the API server is away: it does not wait for it, it says so (exit 75).
+        runs = subprocess.run(
+            [TAXI_JOB, "runs", "--kubeconfig", str(config), "-n", namespace],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - away)))
+    outage_s = time.monotonic() - away
+    code = run.finish(timeout=600)
+    print(f"API server away {outage_s:.0f} s; launch: exit {code} after {run.elapsed:.0f}s; "
+          f"stderr:\n{''.join(run.stderr)}\nstdout:\n{run.stdout}")  # fmt: skip
+    print(f"runs during the outage: exit {runs.returncode}: {runs.stderr}")
+    return run, code, runs, before
+
+
+@contextlib.contextmanager
+def stopped(proxy: Proxy) -> Iterator[None]:
+    proxy.stop()
+    try:
+        yield
+    finally:
+        proxy.start()
+
+
+@on_the_cluster
+def test_launch_wait_logs_survives_the_api_server_away(
+    namespace: str, proxy: Proxy, tmp_path: Path
+) -> None:
+    config = proxied_kubeconfig(tmp_path / "kubeconfig", proxy.port)
+    run, code, runs, before = train_through_an_outage(config, namespace, stopped(proxy))
+    assert_runs_said_the_server_is_away(runs, f"127.0.0.1:{proxy.port}")
+    assert_followed_through(run, code, namespace, before)
 
 
 @on_the_cluster
@@ -306,6 +338,21 @@ def test_an_outage_longer_than_the_timeout_is_exit_75(
     assert "waiting for job" in error[0] and "keeps running" in error[0], error[0]
     mine = [j for j in manual_jobs(namespace) if j["metadata"]["name"] not in before]  # type: ignore[index]
     assert len(mine) == 1
+
+
+@on_the_cluster
+@pytest.mark.faults
+def test_launch_wait_logs_survives_the_real_api_server_stopped(namespace: str) -> None:
+    # The same as the proxy's test, with k8s-local's own kube-apiserver process stopped
+    # for OUTAGE_S + the time `up` takes to start it (in the fault tests' phase of their
+    # own: every client of the cluster loses it meanwhile). Here the controllers are away
+    # too, so the Job's status stands still until the server is back; its watch cache
+    # starts anew from etcd.
+    host, port = api_server()
+    outage = api_server_stopped()
+    run, code, runs, before = train_through_an_outage(Path(KUBECONFIG), namespace, outage)
+    assert_runs_said_the_server_is_away(runs, f"{host}:{port}")
+    assert_followed_through(run, code, namespace, before)
 
 
 # --- on the kmock stand-in ----------------------------------------------------------------
