@@ -1,7 +1,9 @@
 """End to end on loopback: real ``taxi-job`` processes push to a real Pushgateway, a real
-Prometheus scrapes it with the shipped alert rules loaded, and the test reads Prometheus's
-HTTP API: the metrics carry the summaries' values, a healthy run raises no alert, and a
-stale training, a rejected input and a degraded live RMSE raise theirs.
+Prometheus scrapes it with the shipped alert rules loaded and sends its alerts to a real
+Alertmanager, and the test reads Prometheus's HTTP API and what Alertmanager delivers to a
+webhook (where a team would route Slack, e-mail or a pager): the metrics carry the
+summaries' values, a healthy run raises no alert and delivers nothing, and a stale
+training, a rejected input and a degraded live RMSE raise theirs and reach the receiver.
 
 The rules are a test copy of components/monitoring/taxi-job.rules.yaml with every `for:`
 at 0 and the stale-training threshold at 30 seconds instead of 8 days (the one change of an
@@ -9,9 +11,11 @@ expression; the others are the shipped ones)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -49,14 +53,72 @@ def test_rules(path: Path) -> Path:
 test_rules.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
+#: What Alertmanager delivered to the test's webhook: its JSON bodies, as they came.
+Notifications = list[dict[str, Any]]
+
+
 @pytest.fixture
-def prometheus(tmp_path: Path, pushgateway: str) -> Iterator[str]:
-    """A real Prometheus scraping the Pushgateway every second with the rules loaded."""
+def delivered() -> Iterator[tuple[str, Notifications]]:
+    """A webhook receiver on loopback: its URL and the notifications posted to it."""
+    received: Notifications = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the handler's API)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
+    server.shutdown()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, delivered: tuple[str, Notifications]) -> Iterator[str]:
+    """A real Alertmanager (Debian's) routing every alert to the webhook at once."""
+    binary = find_tool("prometheus-alertmanager")
+    port = free_port()
+    config = {
+        "route": {
+            "receiver": "webhook",
+            "group_by": ["alertname"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [{"name": "webhook", "webhook_configs": [{"url": delivered[0]}]}],
+    }
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    process = start(
+        [
+            binary,
+            f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # one instance: no gossip port
+        ],
+        f"http://127.0.0.1:{port}/-/ready",
+        tmp_path / "alertmanager.log",
+    )
+    yield f"127.0.0.1:{port}"
+    stop(process)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, pushgateway: str, alertmanager: str) -> Iterator[str]:
+    """A real Prometheus scraping the Pushgateway every second with the rules loaded, its
+    alerts sent to the Alertmanager."""
     binary = find_tool("prometheus")
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(test_rules(tmp_path / "rules.yaml"))],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
         "scrape_configs": [
             {
                 "job_name": "pushgateway",
@@ -141,8 +203,22 @@ def month(make_trips: Callable[..., Path], name: str, part: int, reversed_: bool
     return make_trips(name, pu=pu.tolist(), do=do.tolist(), minutes=minutes.tolist())
 
 
+def notified(received: Notifications) -> dict[str, dict[str, Any]]:
+    """The alerts delivered firing so far: name -> the alert as the receiver got it."""
+    return {
+        alert["labels"]["alertname"]: alert
+        for body in list(received)
+        for alert in body["alerts"]
+        if alert["status"] == "firing"
+    }
+
+
 def test_healthy_runs_raise_no_alert_then_failures_raise_theirs(
-    tmp_path: Path, make_trips: Callable[..., Path], pushgateway: str, prometheus: str
+    tmp_path: Path,
+    make_trips: Callable[..., Path],
+    pushgateway: str,
+    prometheus: str,
+    delivered: tuple[str, Notifications],
 ) -> None:
     jan, feb = month(make_trips, "jan.parquet", 0), month(make_trips, "feb.parquet", 1)
     artifacts, incoming = tmp_path / "artifacts", tmp_path / "incoming"
@@ -186,6 +262,7 @@ def test_healthy_runs_raise_no_alert_then_failures_raise_theirs(
     assert success is not None and abs(success - time.time()) < STALE_AFTER_S
     settled()
     assert alerts(prometheus) == {}
+    assert delivered[1] == []  # nobody is told anything about healthy runs
 
     # a training that fails on bad input, and an input that infer sets aside
     bad = tmp_path / "bad.parquet"
@@ -220,9 +297,24 @@ def test_healthy_runs_raise_no_alert_then_failures_raise_theirs(
     active = alerts(prometheus)
     assert active == {"TaxiJobInputsRejected": "firing", "TaxiJobTrainingStale": "firing"}
 
+    # ... and the people are told: Alertmanager delivered both, with the rules' words.
+    def both_told() -> dict[str, dict[str, Any]] | None:
+        told = notified(delivered[1])
+        return told if set(told) == set(active) else None
+
+    told = eventually(both_told, "both alerts delivered to the webhook")
+    rejected_alert = told["TaxiJobInputsRejected"]
+    assert rejected_alert["labels"]["severity"] in ("warning", "critical")
+    assert "reject" in rejected_alert["annotations"]["summary"].lower()
+    assert "8 days" in told["TaxiJobTrainingStale"]["annotations"]["summary"]
+
 
 def test_a_model_worse_on_the_newest_month_raises_the_live_rmse_alert(
-    tmp_path: Path, make_trips: Callable[..., Path], pushgateway: str, prometheus: str
+    tmp_path: Path,
+    make_trips: Callable[..., Path],
+    pushgateway: str,
+    prometheus: str,
+    delivered: tuple[str, Notifications],
 ) -> None:
     """Needs infer's live RMSE (``rmse_live``, ``rows_scored`` in its summary)."""
     jan, feb = month(make_trips, "jan.parquet", 0), month(make_trips, "feb.parquet", 1)
@@ -270,3 +362,9 @@ def test_a_model_worse_on_the_newest_month_raises_the_live_rmse_alert(
     assert scalar(
         prometheus, 'taxi_job_infer_model_rmse_eval_seconds{command="infer"}'
     ) == pytest.approx(trained["rmse_eval"] * MINUTE, rel=1e-12)
+    told = eventually(
+        lambda: notified(delivered[1]).get("TaxiJobLiveRmseDegraded"),
+        "TaxiJobLiveRmseDegraded delivered to the webhook",
+    )
+    assert set(notified(delivered[1])) == {"TaxiJobLiveRmseDegraded"}
+    assert told["labels"]["command"] == "infer"
