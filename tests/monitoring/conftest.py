@@ -4,9 +4,12 @@ is skipped, or fails where TAXI_JOB_REQUIRE_TOOLS=1 (CI installs them: .ci/setup
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +28,33 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+#: What a test's HTTP server does with a request: the handler (to answer) and its body.
+Answer = Callable[[http.server.BaseHTTPRequestHandler, bytes], None]
+
+
+@contextlib.contextmanager
+def http_server(answer: Answer) -> Iterator[str]:
+    """A threaded HTTP server on a free loopback port calling ``answer`` for every GET,
+    POST and PUT; its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def handle_one(self) -> None:
+            answer(self, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+        do_GET = do_POST = do_PUT = handle_one
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from job.metrics import PUSH_TIMEOUT_S
+from monitoring.conftest import http_server
 
 TAXI_JOB = str(Path(sys.executable).with_name("taxi-job"))
 #: Startup and the run itself on a loaded 2-core machine: far under the 30 s a push would
@@ -68,23 +69,12 @@ def failing() -> Iterator[tuple[str, list[str]]]:
     """An HTTP server that answers every request with 500, and counts them."""
     requests: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            requests.append(f"{self.command} {self.path}")
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            self.send_error(500, "storage full")
+    def answer(handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        requests.append(f"{handler.command} {handler.path}")
+        handler.send_error(500, "storage full")
 
-        do_GET = do_POST = do_PUT = answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    server.shutdown()
-    server.server_close()
+    with http_server(answer) as url:
+        yield url, requests
 
 
 def warnings(stderr: str) -> list[str]:

@@ -15,7 +15,6 @@ import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import yaml
 from k8s.conftest import ROOT, find_tool
 from trips import random_trips
 
-from monitoring.conftest import free_port, prometheus_query, start, stop
+from monitoring.conftest import free_port, http_server, prometheus_query, start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -62,20 +61,13 @@ def delivered() -> Iterator[tuple[str, Notifications]]:
     """A webhook receiver on loopback: its URL and the notifications posted to it."""
     received: Notifications = []
 
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the handler's API)
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
+    def receive(handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        received.append(json.loads(body))
+        handler.send_response(200)
+        handler.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
-    server.shutdown()
+    with http_server(receive) as url:
+        yield f"{url}/alerts", received
 
 
 @pytest.fixture
