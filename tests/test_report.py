@@ -270,21 +270,27 @@ def test_a_synthetic_volume_with_records_renders_every_section(tmp_path: Path, t
     assert made["current"] in html and "No records" not in html
 
 
-def test_help_and_infer_do_not_load_the_plotting_library(trained: Path):
-    incoming = trained.parent / "data" / "incoming"
+def test_help_train_and_infer_do_not_load_the_plotting_library(trained: Path):
+    data = trained.parent / "data"
+    train = [
+        "train", "--train-data", str(data / "jan.parquet"), "--eval-data",
+        str(data / "feb.parquet"), "--artifacts", str(trained),
+    ]  # fmt: skip  # without --report-page, as a local training runs
+    infer = ["infer", "--input", str(data / "incoming"), "--artifacts", str(trained)]
     code = (
         "import sys\n"
         "from job.cli import cli\n"
-        f"for args in (['--help'], ['infer', '--input', {str(incoming)!r}, "
-        f"'--artifacts', {str(trained)!r}]):\n"
+        f"for args in (['--help'], {train!r}, {infer!r}):\n"
         "    try:\n"
         "        cli(args, prog_name='taxi-job')\n"
-        "    except SystemExit:\n"
-        "        pass\n"
+        "    except SystemExit as exc:\n"
+        "        print('exit', exc.code)\n"
         "print('LOADED' if 'matplotlib' in sys.modules else 'NOT LOADED')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "NOT LOADED"
+    lines = out.stdout.strip().splitlines()
+    assert [line for line in lines if line.startswith("exit ")] == ["exit 0"] * 3, out.stderr
+    assert lines[-1] == "NOT LOADED"
 
 
 def test_promote_and_prune_are_journaled_when_they_change_something(trained: Path):
