@@ -141,18 +141,22 @@ def restart_node(namespace: str) -> float:
     return time.time()
 
 
-#: Stop the cluster's kube-apiserver as k8s-local's `down` stops a process (its pid file
-#: says which; TERM to its process group, KILL after 15 s). `up` starts it again.
+#: Stop the cluster's kube-apiserver, and the relay that gives pods its address on the
+#: node (the `kubernetes` Service's endpoint, on the same port: `up` would not start the
+#: API server while the relay holds it), as k8s-local's `down` stops a process (its pid
+#: file says which; TERM to its process group, KILL after 15 s). `up` starts both again.
 STOP_API_SERVER = r"""
 set -uo pipefail
 HERE=$1
 . "$HERE/lib/common.sh"
-if ! p=$(pid_of kube-apiserver) || ! alive kube-apiserver; then
-  echo "kube-apiserver is not running" >&2; exit 1
-fi
-kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"
-for ((i = 0; i < 150; i++)); do proc_running "$p" || exit 0; sleep 0.1; done
-kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p"
+stop() {
+  local n=$1 p i
+  if ! p=$(pid_of "$n") || ! alive "$n"; then echo "$n is not running" >&2; return 1; fi
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"
+  for ((i = 0; i < 150; i++)); do proc_running "$p" || return 0; sleep 0.1; done
+  kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p"
+}
+stop api-relay && stop kube-apiserver
 """
 
 
