@@ -301,7 +301,9 @@ def bench_scale(
 
     # Same rows, same order, predictions close: the two jobs did the same thing.
     name = data[INFER].name
-    mine = pq.read_table(tj_dir / "predictions" / name, columns=["row", "predicted_duration"])
+    # taxi-job files predictions under the input's folder (predictions/<folder>/<name>).
+    (output,) = (tj_dir / "predictions").rglob(name)
+    mine = pq.read_table(output, columns=["row", "predicted_duration"])
     theirs = pq.read_table(tb_dir / "predictions" / name, columns=["row", "predicted_duration"])
     if mine.num_rows != theirs.num_rows or mine["row"] != theirs["row"]:
         raise RuntimeError(f"{scale}x: the two prediction files do not have the same rows")

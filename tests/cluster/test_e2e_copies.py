@@ -68,15 +68,38 @@ def test_two_prefixed_copies_in_one_namespace(namespace: str) -> None:
     )
 
     launched = taxi_job(
-        namespace, "launch", "train", "--prefix", "blue-", "--output-format", "json"
+        namespace, "launch", "train", "--prefix", "blue-", "--wait", "--output-format", "json"
     )
     assert launched.returncode == 0, launched.stderr
-    job = json.loads(launched.stdout.splitlines()[-1])["job"]
-    assert job.startswith("blue-train-manual-")
+    trained = json.loads(launched.stdout.splitlines()[-1])
+    job = trained["job"]
+    assert job.startswith("blue-train-manual-") and trained["state"] == "succeeded"
     body = json.loads(kubectl("-n", namespace, "get", "job", job, "-o", "json"))
     assert [o["name"] for o in body["metadata"]["ownerReferences"]] == ["blue-train"]
 
-    for prefix, expected in (("blue-", [(job, "train")]), ("green-", [])):
+    # launch models and launch infer: the same lookup, refusal and choice. The blue copy's
+    # registry lists the model its training made, on its own volume.
+    refused = taxi_job(namespace, "launch", "models", "list")
+    assert refused.returncode == 2 and "2 CronJobs run models" in refused.stderr, refused.stderr
+    listed = taxi_job(
+        namespace, "launch", "models", "list", "--prefix", "blue-", "--output-format", "json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    models = json.loads(listed.stdout.splitlines()[-1])
+    assert models["job"].startswith("blue-models-manual-")
+    assert [v["version"] for v in models["result"]["versions"]] == [trained["model_version"]]
+    refused = taxi_job(namespace, "launch", "infer")
+    assert refused.returncode == 2 and "2 CronJobs run infer" in refused.stderr, refused.stderr
+    inferred = taxi_job(
+        namespace, "launch", "infer", "--prefix", "green-", "--output-format", "json"
+    )
+    assert inferred.returncode == 0, inferred.stderr
+    infer_job = json.loads(inferred.stdout.splitlines()[-1])["job"]
+    body = json.loads(kubectl("-n", namespace, "get", "job", infer_job, "-o", "json"))
+    assert [o["name"] for o in body["metadata"]["ownerReferences"]] == ["green-infer"]
+
+    blue = [(models["job"], "models"), (job, "train")]
+    for prefix, expected in (("blue-", blue), ("green-", [(infer_job, "infer")])):
         listed = taxi_job(namespace, "runs", "--prefix", prefix, "--output-format", "json")
         assert listed.returncode == 0, listed.stderr
         runs = json.loads(listed.stdout.splitlines()[-1])["runs"]
