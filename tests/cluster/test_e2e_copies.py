@@ -21,6 +21,7 @@ from e2e import (
     SUSPEND_INFER,
     kubectl,
     own_namespace,
+    run_job,
     write_overlay,
 )
 
@@ -46,6 +47,8 @@ def namespace(tmp_path: Path) -> Iterator[str]:
     with own_namespace(blue, tmp_path) as name:  # type: ignore[arg-type]
         # The same namespace, a second copy: its Namespace object is the same one.
         kubectl("apply", "-k", str(green(tmp_path / "overlay", name)))  # type: ignore[operator]
+        # The blue copy's volume gets its months (green's stays empty: it is only launched).
+        run_job(name, from_cronjob="blue-seed-sample-data", name="blue-seed")
         yield name
 
 
@@ -87,7 +90,7 @@ def test_two_prefixed_copies_in_one_namespace(namespace: str) -> None:
     assert listed.returncode == 0, listed.stderr
     models = json.loads(listed.stdout.splitlines()[-1])
     assert models["job"].startswith("blue-models-manual-")
-    assert [v["version"] for v in models["result"]["versions"]] == [trained["model_version"]]
+    assert [v["version"] for v in models["result"]] == [trained["model_version"]]
     refused = taxi_job(namespace, "launch", "infer")
     assert refused.returncode == 2 and "2 CronJobs run infer" in refused.stderr, refused.stderr
     inferred = taxi_job(
