@@ -183,20 +183,59 @@ def test_breaking_a_stale_claim_cannot_leave_two_holders(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
 
 
-def test_a_fresh_claim_moved_aside_by_mistake_is_handed_back(tmp_path, monkeypatch):
+def test_a_fresh_claim_moved_aside_by_mistake_is_handed_back(tmp_path, monkeypatch, caplog):
     """Nobody takes the name after X's move: X hands Y's claim back, Y is still the holder
     and publishes, and a fourth run finds the input busy. (Without the hand-back Y's claim
     would be gone: Y could not publish the input it is predicting, and any run could take
     it meanwhile.)"""
     target = tmp_path / "a.parquet"
+    caplog.set_level("INFO", logger="job.volume")
     runs = x_moves_a_fresh_claim_aside(target, monkeypatch, z_takes_the_name=False)
     x, y = runs["x"], runs["y"]
+    assert y is not None
+    since = json.loads(y.content)["since"]  # X says who holds it: Y, from what it moved
+    assert caplog.messages[-1].endswith(f": held by {volume.holder()} since {since}")
     assert x is None and y is not None
     assert volume.claim_path(target).read_bytes() == y.content
     assert y.held()
     y.check("predictions")
     assert volume.try_claim(target, LEASE) is None  # a fourth run: busy
     assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
+
+
+def test_a_stale_claim_removed_before_our_break_is_simply_taken(tmp_path, monkeypatch):
+    """Between our look at a stale claim and our move of it, another run removed it (its
+    sweep, or its own break): nothing to break, the name is free, we take it."""
+    target = tmp_path / "a.parquet"
+    volume.try_claim(target, LEASE)
+    path = volume.claim_path(target)
+    stale = time.time() - 60
+    os.utime(path, (stale, stale))
+    rename = os.rename
+
+    def gone_first(src, dst):
+        if Path(src) == path:
+            path.unlink()  # the other run, just before us
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", gone_first)
+    mine = volume.try_claim(target, LEASE)
+    monkeypatch.undo()
+    assert mine is not None and mine.held()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".claim-a.parquet"]
+
+
+def test_renewing_a_claim_removed_meanwhile_says_it_is_lost(tmp_path, monkeypatch):
+    """The claim vanished between the holder's check and its renewal (broken by a run
+    that found it lapsed): renew() says so; it neither raises in the heartbeat thread nor
+    recreates the name."""
+    target = tmp_path / "a.parquet"
+    mine = volume.try_claim(target, LEASE)
+    assert mine is not None
+    volume.claim_path(target).unlink()
+    monkeypatch.setattr(volume.Claim, "held", lambda self: True)  # as it was a moment ago
+    assert mine.renew() is False
+    assert not volume.claim_path(target).exists()
 
 
 def test_a_claim_is_written_whole_before_its_name_appears(tmp_path, monkeypatch):
@@ -359,7 +398,9 @@ def test_the_sweep_follows_its_one_table(tmp_path, caplog):
     assert not away.exists() and old.exists()  # the store's predictions are not infer's now
     caplog.set_level("WARNING", logger="job.volume")
     volume.sweep(root)
-    assert f"removing {old} (a temporary of predictions, partials or the journal" in caplog.text
+    (removing,) = [m for m in caplog.messages if str(old) in m]
+    assert removing.startswith(f"removing {old} (a temporary of predictions, partials or the")
+    assert removing.endswith("), left by an interrupted run")
     assert version.exists() and not short.path.exists() and long.held()
     assert not old.exists() and young.exists()
     volume.sweep(root, locked=True)

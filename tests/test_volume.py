@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import errno
 import json
 import os
 import time
@@ -138,3 +140,60 @@ def test_the_sweep_removes_a_killed_runs_predictions_with_its_broken_claim(tmp_p
     assert sorted(os.listdir(tmp_path)) == sorted(
         [live_tmp.name, volume.claim_path(live).name, fresh_tmp.name, index_tmp.name]
     )
+
+
+def test_an_arrow_error_reads_with_the_systems_words():
+    # pyarrow raises OSError without an errno, the system's words inside its own.
+    arrow = OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert volume.system_error(arrow) == (28, "No space left on device")
+    plain = OSError(errno.EROFS, "Read-only file system")
+    assert volume.system_error(plain) == (errno.EROFS, "Read-only file system")
+    both = OSError(errno.ENOSPC, "Error writing. Detail: [errno 28] No space left on device")
+    assert volume.system_error(both) == (errno.ENOSPC, "No space left on device")
+
+
+def test_a_folder_the_filesystem_cannot_sync_is_let_be_other_failures_raise(tmp_path, monkeypatch):
+    failure = [errno.EINVAL]
+
+    def fsync(fd):
+        raise OSError(failure[0], os.strerror(failure[0]))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    volume.fsync_dir(tmp_path)  # EINVAL: some filesystems cannot sync a folder
+    failure[0] = errno.EIO
+    with pytest.raises(OSError, match="Input/output error"):
+        volume.fsync_dir(tmp_path)
+
+
+def test_claim_times_are_utc_whatever_the_local_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # 9 hours ahead, no summer time
+    time.tzset()
+    try:
+        stamp = dt.datetime.strptime(volume.now_utc(), "%Y-%m-%dT%H:%M:%SZ")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert abs((now - stamp).total_seconds()) < 60
+
+
+def test_a_claim_that_says_nothing_readable_is_described_and_kept_while_young(tmp_path, caplog):
+    target = tmp_path / "a.parquet"
+    volume.claim_path(target).write_bytes(b"\x00half")  # a claim as an old writer left it
+    caplog.set_level("INFO", logger="job.volume")
+    assert volume.try_claim(target, LEASE) is None
+    assert caplog.messages[-1].endswith(": held by a run that had not written its name yet")
+
+
+def test_a_claim_whose_lease_is_unreadable_lapses_after_an_hour(tmp_path):
+    root = tmp_path / "artifacts"
+    target = root / "predictions" / "x.parquet"
+    target.parent.mkdir(parents=True)
+    young, old = target, target.with_name("y.parquet")
+    for t, age in ((young, 600), (old, volume.TEMPORARY_AFTER_S + 60)):
+        path = volume.claim_path(t)
+        path.write_text(json.dumps({"holder": "h", "since": "s", "lease_s": "soon"}))
+        then = time.time() - age
+        os.utime(path, (then, then))
+    volume.sweep(root)
+    assert volume.claim_path(young).exists() and not volume.claim_path(old).exists()

@@ -1,5 +1,6 @@
-"""The report from a real cluster: after a first training, `taxi-job launch report` on
-the laptop's side brings back a page that headless Chromium accepts (the same checks as
+"""The report from a real cluster: after a first training and an infer, `taxi-job launch
+report` on the laptop's side brings back a page with all six charts that headless Chromium
+accepts at a laptop's and a phone's width (the same checks as
 tests/test_report_browser.py), and whose status names the model the training published.
 
 Runs only when TAXI_JOB_TEST_KUBECONFIG names a kubeconfig and TAXI_JOB_TEST_IMAGE an
@@ -60,16 +61,18 @@ def test_launch_report_brings_the_page_back(namespace: str, tmp_path: Path) -> N
     require_tools()
     run_job(namespace, from_cronjob="seed-sample-data", name="seed")
     trained = taxi_job(namespace, "launch", "train", "--wait", "--timeout", "600")
+    inferred = taxi_job(namespace, "launch", "infer", "--wait", "--timeout", "600")
+    assert inferred["inputs_predicted"] >= 1 and inferred["rows_scored"] > 0
     page = tmp_path / "report.html"
     got = taxi_job(namespace, "launch", "report", "--output", str(page), "--timeout", "600")
     assert got["state"] == "succeeded" and got["output"] == str(page)
     assert got["bytes"] == page.stat().st_size > 0
-    # Trained before the quality records, or with them: the history chart at least.
+    # Every chart: history, live error, residuals, predicted vs actual, zones, drift.
     html = page.read_text()
-    charts = html.count('<svg role="img"')
-    assert charts >= 1
-    status = check_page(page, 1280, charts=charts)
-    assert status["current-version"] == trained["model_version"]
-    assert status["versions"] == "1"
-    assert status["last-train"] != "never"  # the training's journal, read on the volume
-    assert trained["job"] in html  # the journal names the Job (downward API)
+    assert html.count('<svg role="img"') == 6
+    for width in (1280, 390):  # a laptop, a phone
+        status = check_page(page, width, charts=6)
+        assert status["current-version"] == trained["model_version"]
+        assert status["versions"] == "1"
+        assert status["last-train"] != "never"  # the training's journal, read on the volume
+    assert trained["job"] in html and inferred["job"] in html  # the journal names the Jobs
