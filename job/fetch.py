@@ -91,6 +91,7 @@ def fetch_month(
     dest = dest_dir / file_name(month)
     with volume.writing("the downloaded month", dest_dir):
         dest_dir.mkdir(parents=True, exist_ok=True)
+        volume.sweep(None, data=dest_dir)  # what a killed fetch or sample-data left here
     for attempt in range(retries + 1):
         try:
             return _attempt(url, dest, timeout)

@@ -546,6 +546,7 @@ def write_sample(
     path = out_dir / file_name(month)
     with volume.writing("synthetic trips", out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+        volume.sweep(None, data=out_dir)  # what a killed sample-data or fetch left here
         with volume.replacing(path) as tmp:
             # snappy, like the TLC's own files.
             with pq.ParquetWriter(tmp, SCHEMA, compression="snappy") as writer:

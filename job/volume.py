@@ -361,7 +361,8 @@ class Leftover:
 
     what: str
     places: tuple[str, ...]
-    """Folders, relative to the artifacts folder; ``*`` is every run folder of partials/."""
+    """Folders, relative to the artifacts folder; ``*`` is every run folder of partials/;
+    ``predictions`` and ``data`` are the folders the sweeping command writes, if given."""
     pattern: str
     after_s: float | None
     """Untouched for this long: a leftover. None: a claim, stale after its own lease."""
@@ -408,6 +409,13 @@ LEFTOVERS = (
         unclaimed=True,
     ),
     Leftover(
+        "a temporary of a data file (sample-data, fetch)",
+        ("data",),
+        TMP_PREFIX + "*",
+        TEMPORARY_AFTER_S,
+        "sample-data and fetch rename their file seconds after its last write",
+    ),
+    Leftover(
         "a sharded training's run folder",
         ("partials",),
         "*",
@@ -417,14 +425,21 @@ LEFTOVERS = (
 )
 
 
-def sweep(artifacts: Path, predictions: Path | None = None, *, locked: bool = False) -> None:
+def sweep(
+    artifacts: Path | None,
+    predictions: Path | None = None,
+    *,
+    data: Path | None = None,
+    locked: bool = False,
+) -> None:
     """Remove what killed runs left below ``artifacts`` (and in ``predictions``, where
-    infer writes, ``<artifacts>/predictions`` by default), by the rules of
-    :data:`LEFTOVERS`; ``locked``: the caller holds the training lock."""
+    infer writes, ``<artifacts>/predictions`` by default; in ``data``, where sample-data
+    and fetch write), by the rules of :data:`LEFTOVERS`; ``locked``: the caller holds the
+    training lock. Without ``artifacts``, only the folders given are swept."""
     now = time.time()
     for rule in LEFTOVERS:
         after = rule.locked_after_s if locked and rule.locked_after_s is not None else rule.after_s
-        for folder in _places(artifacts, predictions, rule.places):
+        for folder in _places(artifacts, predictions, data, rule.places):
             for path in folder.glob(rule.pattern):
                 if rule.unclaimed and _claimed(path):
                     continue
@@ -453,11 +468,17 @@ def _claimed(temporary: Path) -> bool:
     return not target or target.startswith(".") or claim_path(temporary.with_name(target)).exists()
 
 
-def _places(artifacts: Path, predictions: Path | None, places: tuple[str, ...]) -> list[Path]:
+def _places(
+    artifacts: Path | None, predictions: Path | None, data: Path | None, places: tuple[str, ...]
+) -> list[Path]:
     found: list[Path] = []
     for place in places:
-        if place == "predictions" and predictions is not None:
+        if place == "data":
+            found.extend([data] if data is not None else [])
+        elif place == "predictions" and predictions is not None:
             found.append(predictions)
+        elif artifacts is None:
+            continue
         elif "*" in place:
             found.extend(p for p in artifacts.glob(place) if p.is_dir() and not p.is_symlink())
         else:

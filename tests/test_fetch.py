@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from job import fetch, sample
+from job import fetch, sample, volume
 from job.cli import cli
 from job.errors import BadInputError, TransientError
 
@@ -299,3 +301,19 @@ def test_cli_bad_month_exits_2(tmp_path: Path) -> None:
     code, _, err = run("fetch", "--month", "2021-13", str(tmp_path))
     assert code == 2
     assert "--month" in err
+
+
+def test_a_killed_downloads_temporary_goes_once_an_hour_old(
+    server: Server, get: Get, parquet: bytes, tmp_path: Path
+) -> None:
+    # What a fetch or sample-data killed mid-write left (SIGKILL, a lost node): the next
+    # one into the folder removes it once nobody can still be writing it.
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    old = volume.temporary_file(folder / "yellow_tripdata_2020-12.parquet")
+    young = volume.temporary_file(folder / "yellow_tripdata_2020-11.parquet")
+    then = time.time() - volume.TEMPORARY_AFTER_S - 60
+    os.utime(old, (then, then))
+    server.on(FILE_PATH, Reply(200, parquet))
+    get()
+    assert listing(folder) == sorted([NAME, young.name])

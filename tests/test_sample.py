@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from trips import TLC_SCHEMA
 
-from job import sample
+from job import sample, volume
 from job.cli import cli
 from job.errors import TransientError
 
@@ -325,3 +326,12 @@ def test_real_subprocess(tmp_path: Path) -> None:
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 3000
     assert pq.read_table(summary["path"]).num_rows == 3000
+
+
+def test_a_killed_sample_datas_temporary_goes_once_an_hour_old(tmp_path: Path) -> None:
+    old = volume.temporary_file(tmp_path / "yellow_tripdata_2021-01.parquet")
+    young = volume.temporary_file(tmp_path / "yellow_tripdata_2021-02.parquet")
+    then = time.time() - volume.TEMPORARY_AFTER_S - 60
+    os.utime(old, (then, then))
+    written = sample.write_sample("2021-03", 100, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written.path.name, young.name])
