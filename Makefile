@@ -62,8 +62,9 @@ report-screenshots: install
 clean-demo:
 	rm -rf $(DEMO)
 
-# Mutation testing of the volume protocol (not in CI: 1872 mutants at about 10 a minute with
-# one child on a shared 2-core machine, some 3 hours; MUTATE=volume alone, 242, about 25 min).
+# Mutation testing of the volume protocol (not in CI: 2,063 mutants, about 40 min with one
+# child on a quiet 2-core machine, hours on a loaded one; MUTATE=volume alone, 267, 3-4 min).
+# Scores and the review of survivors: benchmarks/RESULTS.md.
 # One module at a time, one child: the machine is shared. Results stay in mutants/.
 MUTATE ?= volume shards mapreduce registry artifacts
 mutation: install
