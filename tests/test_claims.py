@@ -145,7 +145,7 @@ def x_moves_a_fresh_claim_aside(
     """Run X finds a stale claim at ``target`` and moves it aside, but in between run Y
     broke it and took a new one (so X moved Y's claim); if ``z_takes_the_name``, run Z
     takes the free name right after X's move. The claims of X, Y and Z."""
-    volume.try_claim(target, LEASE)
+    volume.try_claim(target, LEASE, purpose="a run that was killed")  # the stale one
     stale = time.time() - 60
     os.utime(volume.claim_path(target), (stale, stale))
     rename = os.rename
