@@ -299,7 +299,8 @@ def drift(points: Sequence[InputPoint], training_mean: float | None) -> Figure:
     highest = max(
         (v for p in psi for v in (p.psi_pickup, p.psi_dropoff) if v is not None), default=0
     )
-    top.set_ylim(0, max(0.3, highest * 1.1))  # the 0.25 line always in sight
+    upper = max(0.3, highest * 1.1)  # the 0.25 line always in sight
+    top.set_ylim(-0.02 * upper, upper)  # room below 0: no drift is a dot above the axis, not on it
     top.legend(loc="upper left", fontsize=8, ncols=2, framealpha=0.9)
     means = [p for p in points if p.mean_predicted is not None]
     bottom.scatter(

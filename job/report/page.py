@@ -310,8 +310,8 @@ def _live(s: Snapshot, draw: Callable[..., str]) -> str:
     svg = draw("live_error", s.inputs, s.current, eval_rmse, title="Live error per input over time")
     caption = (
         f"RMSE of the predictions of each input whose trips carry a drop-off time "
-        f"({s.inputs_total} inputs; older ones one point per day). Above the dashed line the "
-        "model does worse on new trips than on its evaluation month."
+        f"({_count(s.inputs_total, 'input')}; older ones one point per day). Above the dashed "
+        "line the model does worse on new trips than on its evaluation month."
     )
     numbers = _points_table(s.inputs, key="live-numbers")
     return section("live", "Live error", figure(svg, caption, numbers))
@@ -456,7 +456,7 @@ def _did(run: Mapping[str, Any]) -> str:
         return f"published {summary.get('model_version')} ({promoted}; rmse_eval {rmse})"
     if command == "infer":
         inputs, rows = summary.get("inputs_predicted", 0), summary.get("rows_predicted", 0)
-        text = f"{inputs} input{'' if inputs == 1 else 's'}, {rows} rows predicted"
+        text = f"{_count(inputs, 'input')}, {rows} rows predicted"
         if summary.get("inputs_rejected"):
             text += f"; {summary['inputs_rejected']} rejected"
         return text
@@ -487,3 +487,8 @@ def _runs(s: Snapshot) -> str:
         )
         + "</section>"
     )
+
+
+def _count(value: object, noun: str) -> str:
+    """``1 input``, ``2 inputs``."""
+    return f"{value} {noun}" if value == 1 else f"{value} {noun}s"
