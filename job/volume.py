@@ -474,7 +474,8 @@ def _places(
     found: list[Path] = []
     for place in places:
         if place == "data":
-            found.extend([data] if data is not None else [])
+            if data is not None:
+                found.append(data)
         elif place == "predictions" and predictions is not None:
             found.append(predictions)
         elif artifacts is None:

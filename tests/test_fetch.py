@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_volume import age
 
 from job import fetch, sample, volume
 from job.cli import cli
@@ -312,8 +311,7 @@ def test_a_killed_downloads_temporary_goes_once_an_hour_old(
     folder.mkdir()
     old = volume.temporary_file(folder / "yellow_tripdata_2020-12.parquet")
     young = volume.temporary_file(folder / "yellow_tripdata_2020-11.parquet")
-    then = time.time() - volume.TEMPORARY_AFTER_S - 60
-    os.utime(old, (then, then))
+    age(old, volume.TEMPORARY_AFTER_S + 60)
     server.on(FILE_PATH, Reply(200, parquet))
     get()
     assert listing(folder) == sorted([NAME, young.name])

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_volume import age
 from trips import TLC_SCHEMA
 
 from job import sample, volume
@@ -331,7 +331,6 @@ def test_real_subprocess(tmp_path: Path) -> None:
 def test_a_killed_sample_datas_temporary_goes_once_an_hour_old(tmp_path: Path) -> None:
     old = volume.temporary_file(tmp_path / "yellow_tripdata_2021-01.parquet")
     young = volume.temporary_file(tmp_path / "yellow_tripdata_2021-02.parquet")
-    then = time.time() - volume.TEMPORARY_AFTER_S - 60
-    os.utime(old, (then, then))
+    age(old, volume.TEMPORARY_AFTER_S + 60)
     written = sample.write_sample("2021-03", 100, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written.path.name, young.name])

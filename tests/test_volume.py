@@ -190,10 +190,9 @@ def test_a_claim_whose_lease_is_unreadable_lapses_after_an_hour(tmp_path):
     target = root / "predictions" / "x.parquet"
     target.parent.mkdir(parents=True)
     young, old = target, target.with_name("y.parquet")
-    for t, age in ((young, 600), (old, volume.TEMPORARY_AFTER_S + 60)):
+    for t, seconds in ((young, 600), (old, volume.TEMPORARY_AFTER_S + 60)):
         path = volume.claim_path(t)
         path.write_text(json.dumps({"holder": "h", "since": "s", "lease_s": "soon"}))
-        then = time.time() - age
-        os.utime(path, (then, then))
+        age(path, seconds)
     volume.sweep(root)
     assert volume.claim_path(young).exists() and not volume.claim_path(old).exists()

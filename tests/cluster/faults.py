@@ -31,17 +31,11 @@ VOLUME = "/var/lib/taxi-job"
 
 FAULTS_MARKS = [*OWN_NAMESPACE_MARKS, pytest.mark.faults]
 
-#: Stop the node's kubelet, kill the containers of one namespace's pods (what a reboot does
-#: to them; the other namespaces' pods on this shared cluster live on, as they do across a
-#: plain runtime restart: containerd's shims keep them), stop containerd, and start both
-#: again. Stopping is what k8s-local's `down` does to each process. containerd is started
-#: here, as `up` starts it, and the kubelet only once containerd's CRI serves: a kubelet
-#: started a moment too early exits ("server is not initialized yet"), and `up`, which
-#: otherwise starts containerd long before the kubelet, would wait 90 s for it in vain.
-#: Then `up` (idempotent) starts the kubelet and returns once the node is Ready.
-RESTART = r"""
+#: Stop one of k8s-local's processes as its `down` does: its pid file says which; TERM to
+#: its process group, KILL after 15 s. Nothing to do if it is not running.
+STOP = r"""
 set -uo pipefail
-HERE=$1 namespace=$2
+HERE=$1
 . "$HERE/lib/common.sh"
 stop() {
   local n=$1 p i
@@ -50,6 +44,20 @@ stop() {
   for ((i = 0; i < 150; i++)); do proc_running "$p" || return 0; sleep 0.1; done
   kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p"
 }
+"""
+
+#: Stop the node's kubelet, kill the containers of one namespace's pods (what a reboot does
+#: to them; the other namespaces' pods on this shared cluster live on, as they do across a
+#: plain runtime restart: containerd's shims keep them), stop containerd, and start both
+#: again. Stopping is what k8s-local's `down` does to each process. containerd is started
+#: here, as `up` starts it, and the kubelet only once containerd's CRI serves: a kubelet
+#: started a moment too early exits ("server is not initialized yet"), and `up`, which
+#: otherwise starts containerd long before the kubelet, would wait 90 s for it in vain.
+#: Then `up` (idempotent) starts the kubelet and returns once the node is Ready.
+RESTART = (
+    STOP
+    + r"""
+namespace=$2
 stop kubelet
 ids=$(kctr containers ls -q "labels.\"io.kubernetes.pod.namespace\"==$namespace")
 for id in $ids; do kctr tasks kill -s KILL "$id" >/dev/null 2>&1; done
@@ -70,6 +78,7 @@ for attempt in 1 2 3; do
 done
 exit 1
 """
+)
 
 
 #: A real `taxi-job train` that freezes once, on the volume's first run of it, with its
@@ -143,21 +152,16 @@ def restart_node(namespace: str) -> float:
 
 #: Stop the cluster's kube-apiserver, and the relay that gives pods its address on the
 #: node (the `kubernetes` Service's endpoint, on the same port: `up` would not start the
-#: API server while the relay holds it), as k8s-local's `down` stops a process (its pid
-#: file says which; TERM to its process group, KILL after 15 s). `up` starts both again.
-STOP_API_SERVER = r"""
-set -uo pipefail
-HERE=$1
-. "$HERE/lib/common.sh"
-stop() {
-  local n=$1 p i
-  if ! p=$(pid_of "$n") || ! alive "$n"; then echo "$n is not running" >&2; return 1; fi
-  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"
-  for ((i = 0; i < 150; i++)); do proc_running "$p" || return 0; sleep 0.1; done
-  kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p"
-}
+#: API server while the relay holds it). `up` starts both again.
+STOP_API_SERVER = (
+    STOP
+    + r"""
+for n in api-relay kube-apiserver; do
+  alive "$n" || { echo "$n is not running" >&2; exit 1; }
+done
 stop api-relay && stop kube-apiserver
 """
+)
 
 
 def need_k8s_local(doing: str) -> None:

@@ -296,7 +296,7 @@ def test_healthy_runs_raise_no_alert_then_failures_raise_theirs(
 
     told = eventually(both_told, "both alerts delivered to the webhook")
     rejected_alert = told["TaxiJobInputsRejected"]
-    assert rejected_alert["labels"]["severity"] in ("warning", "critical")
+    assert rejected_alert["labels"]["severity"] == "warning"
     assert "reject" in rejected_alert["annotations"]["summary"].lower()
     assert "8 days" in told["TaxiJobTrainingStale"]["annotations"]["summary"]
 
