@@ -256,6 +256,9 @@ if [ "$(basename "$0") $1" = "make test" ]; then
 KUBECONFIG=${TAXI_JOB_TEST_KUBECONFIG:-}" >> "$CALLS"
 fi
 case " $(basename "$0") $* " in *"$FAIL"*) exit 3 ;; esac
+case " $(basename "$0") $* " in *"$FAIL_ONCE"*)
+    if [ ! -e "$CALLS.failed" ]; then touch "$CALLS.failed"; exit 3; fi ;;
+esac
 if [ "$(basename "$0")" = env ]; then echo "export KUBECONFIG=/stub/kubeconfig"; fi
 exit 0
 """
@@ -301,6 +304,7 @@ def ci_run(tmp_path: Path) -> Callable[..., tuple[int, Calls, str]]:
             PATH=f"{bin_dir}:{os.environ['PATH']}",
             CALLS=str(calls),
             FAIL=env.pop("FAIL", "nothing-fails"),
+            FAIL_ONCE=env.pop("FAIL_ONCE", "nothing-fails"),
             **env,
         )
         result = subprocess.run(
@@ -373,6 +377,27 @@ def test_ci_stops_the_cluster_whatever_failed(
     code, calls, output = ci_run(FAIL=fail)
     assert code == 3, output
     assert calls[-1] == ["down", "--purge"]
+
+
+def test_ci_tries_up_again_when_it_fails_once(
+    ci_run: Callable[..., tuple[int, Calls, str]],
+) -> None:
+    """k8s-local's `up` fails now and then in its bridge check (see .ci/run); a second
+    `up` passes it, and the run goes on as if the first had."""
+    code, calls, output = ci_run(FAIL_ONCE=" up ")
+    assert code == 0, output
+    assert [c for c in calls if c[0] in ("up", "down")] == [["up"], ["up"], ["down", "--purge"]]
+    assert ".ci/run: k8s-local up failed (attempt 1 of 3); up again" in output
+    assert ["make", "test", "PYTEST_ARGS=-m faults"] in calls
+
+
+def test_ci_gives_up_after_three_failed_ups(
+    ci_run: Callable[..., tuple[int, Calls, str]],
+) -> None:
+    code, calls, output = ci_run(FAIL=" up ")
+    assert code == 3, output
+    assert [c for c in calls if c[0] in ("up", "down")] == [["up"]] * 3 + [["down", "--purge"]]
+    assert not [c for c in calls if c[:2] == ["make", "test"]]
 
 
 def test_ci_keeps_the_cluster_when_asked(ci_run: Callable[..., tuple[int, Calls, str]]) -> None:
