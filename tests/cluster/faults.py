@@ -171,7 +171,7 @@ def k8s_local_up(attempts: int = 3) -> subprocess.CompletedProcess[str]:
     `up` checks the node's bridge address with ``ip addr show | grep -q`` under
     ``pipefail``: when grep has matched and exits before ``ip`` has written its last
     line, ``ip`` dies of SIGPIPE (141), the check says "no address", and `up` fails with
-    "Error: ipv4: Address already assigned." About one check in 200 does that while the
+    "Error: ipv4: Address already assigned." One to two checks in 100 do that while the
     bridge exists, which is every `up` after a fault (a CI run failed of it). The script
     is shared and read-only here; a second `up` runs the check again.
     """
